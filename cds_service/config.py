@@ -1,0 +1,165 @@
+"""Settings, read from environment variables prefixed ``PTSD_CDS_`` with safe defaults.
+
+``Settings.from_env()`` reads the environment; ``create_app(config)`` accepts a mapping of
+overrides by field name (``{"auth": "off"}``) or by variable name (``{"PTSD_CDS_AUTH": "off"}``).
+Every value is checked at start-up; a bad value stops the service with a message naming the
+variable (``ptsd-cds check-config`` runs the same checks).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from datetime import date
+from pathlib import Path
+from typing import Any, Mapping
+
+PREFIX = "PTSD_CDS_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+
+def _default_cards_dir() -> str:
+    return str(REPO_ROOT / "cards")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- how the service runs ---------------------------------------------------------------
+    env: str = "production"  # production | development
+    auth: str = "required"  # required | off  (off: no client authentication; development and tests)
+    public_url: str | None = None  # external base URL, e.g. https://cds.example.org (JWT aud behind a proxy)
+    database: str = "var/ptsd-cds.sqlite3"  # SQLite: feedback and the JWT replay cache
+    log_level: str = "INFO"
+    cors_origins: tuple[str, ...] = ("*",)  # "*" or a list of exact origins
+    max_body: int = 10 * 1024 * 1024  # bytes; larger request bodies get 413
+    max_json_depth: int = 64  # deepest nesting accepted in a request body
+
+    # --- client authentication (JWT) --------------------------------------------------------
+    trusted_issuers: str | None = None  # path to the trusted-issuer JSON file
+    jwt_algorithms: tuple[str, ...] = ("ES384", "RS384", "ES256", "RS256", "ES512", "RS512")
+    jwt_leeway: int = 5  # seconds of clock skew allowed on exp / iat
+    jwt_max_lifetime: int = 3600  # seconds; longest exp - iat accepted (and replay-cache horizon)
+    jwks_cache_ttl: int = 3600  # seconds a fetched JWKS is trusted before re-fetching
+    jwks_refresh_interval: int = 60  # seconds between forced re-fetches on an unknown kid
+
+    # --- outbound FHIR calls ----------------------------------------------------------------
+    fhir_servers: tuple[str, ...] = ()  # FHIR base URLs allowed for every issuer (prefix match)
+    fhir_connect_timeout: float = 1.0
+    fhir_read_timeout: float = 3.0
+    fhir_total_budget: float = 4.0  # seconds for all FHIR fetching of one hook call
+    fhir_max_pages: int = 20  # next-links followed per query
+    fhir_max_response: int = 20 * 1024 * 1024  # bytes per FHIR response
+    fhir_max_workers: int = 4  # concurrent FHIR queries per hook call
+
+    # --- clinical content -------------------------------------------------------------------
+    cards_dir: str = field(default_factory=_default_cards_dir)
+    site_code_map: str | None = None  # JSON file mapping local procedure codes to therapies
+    today: date | None = None  # fixes "today" for demos and tests; never set in production
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required"
+
+    @property
+    def development(self) -> bool:
+        return self.env == "development"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        raw = {
+            f.name: environ[PREFIX + f.name.upper()]
+            for f in fields(cls)
+            if PREFIX + f.name.upper() in environ
+        }
+        return cls().with_overrides(raw)
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "Settings":
+        if not overrides:
+            return self
+        names = {f.name: f for f in fields(self)}
+        values: dict[str, Any] = {}
+        for key, value in overrides.items():
+            name = key[len(PREFIX):].lower() if key.upper().startswith(PREFIX) else key.lower()
+            if name not in names:
+                raise ConfigError(f"unknown setting {key!r}")
+            values[name] = _coerce(name, names[name].type, value)
+        settings = replace(self, **values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the variable when a value cannot work."""
+
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"{PREFIX}{name.upper()}: {why}")
+
+        if self.env not in ("production", "development"):
+            raise bad("env", "must be 'production' or 'development'")
+        if self.auth not in ("required", "off"):
+            raise bad("auth", "must be 'required' or 'off'")
+        if self.public_url and not self.public_url.startswith(("https://", "http://")):
+            raise bad("public_url", "must be an absolute http(s) URL")
+        for name in ("max_body", "max_json_depth", "jwt_max_lifetime", "fhir_max_pages",
+                     "fhir_max_response", "fhir_max_workers"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be a positive number")
+        for name in ("fhir_connect_timeout", "fhir_read_timeout", "fhir_total_budget"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be a positive number of seconds")
+        if self.jwt_leeway < 0 or self.jwt_leeway > 300:
+            raise bad("jwt_leeway", "must be between 0 and 300 seconds")
+        forbidden = [a for a in self.jwt_algorithms if a.lower() == "none" or a.upper().startswith("HS")]
+        if forbidden:
+            raise bad("jwt_algorithms", f"symmetric or 'none' algorithms are not allowed: {forbidden}")
+        if not self.jwt_algorithms:
+            raise bad("jwt_algorithms", "at least one algorithm is needed")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise bad("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        if not Path(self.cards_dir).is_dir():
+            raise bad("cards_dir", f"not a directory: {self.cards_dir}")
+        if self.site_code_map and not Path(self.site_code_map).is_file():
+            raise bad("site_code_map", f"file not found: {self.site_code_map}")
+        if self.auth_required and not self.trusted_issuers:
+            raise bad("trusted_issuers", "required when PTSD_CDS_AUTH=required (a JSON file of trusted issuers)")
+        if self.auth_required and not Path(self.trusted_issuers).is_file():
+            raise bad("trusted_issuers", f"file not found: {self.trusted_issuers}")
+
+    def describe(self) -> list[str]:
+        """Lines for the start-up banner (no secrets are held in settings)."""
+        return [f"{PREFIX}{f.name.upper()}={_show(getattr(self, f.name))}" for f in fields(self)]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return "" if value is None else str(value)
+
+
+def _coerce(name: str, type_hint: Any, value: Any) -> Any:
+    hint = str(type_hint)
+    try:
+        if value is None:
+            return None
+        if hint.startswith("tuple"):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(value)
+        if hint.startswith("int"):
+            return int(value)
+        if hint.startswith("float"):
+            return float(value)
+        if hint.startswith("date"):
+            if isinstance(value, date):
+                return value
+            return date.fromisoformat(str(value)) if str(value) else None
+        if hint.startswith("str | None"):
+            return str(value) if str(value) else None
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{PREFIX}{name.upper()}: cannot read {value!r} ({exc})") from None

@@ -1,0 +1,161 @@
+"""Clinical facts: what the guideline rules know about a patient.
+
+Contract between the clinical-facts stage (``cds_service.facts.extract_facts``) and the guideline
+rules (``cds_service.rules``). The rules read only these objects, never raw FHIR. Every fact keeps
+enough provenance (resource reference, code, dates, status) for a card to say why it fired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Literal
+
+DrugClass = Literal["benzodiazepine", "ssri", "snri", "prazosin", "mdma"]
+# Ingredient names are lower-case generic names: "sertraline", "paroxetine", "fluoxetine",
+# "venlafaxine", "prazosin", "midomafetamine", "lorazepam", "diazepam", "alprazolam", ...
+TherapyKind = Literal["prolonged-exposure", "cognitive-processing-therapy", "emdr"]
+MatchedBy = Literal["valueset", "ingredient", "name", "code-map"]
+
+
+@dataclass(frozen=True)
+class Code:
+    """A Coding as found in the record (system URI, code, display)."""
+
+    system: str | None
+    code: str | None
+    display: str | None = None
+
+    def label(self) -> str:
+        """Short human form, e.g. ``SNOMED CT 47505003 "Posttraumatic stress disorder"``."""
+        from cds_service.facts.terminology import system_name  # local import: avoid cycle
+
+        text = f"{system_name(self.system)} {self.code}"
+        return f'{text} "{self.display}"' if self.display else text
+
+
+@dataclass(frozen=True)
+class ConditionFact:
+    """A Condition the rules care about (PTSD or nightmares) that counts as active."""
+
+    kind: Literal["ptsd", "nightmares"]
+    reference: str | None  # "Condition/123" (None when the resource has no id)
+    code: Code  # the coding that matched
+    text: str | None  # Condition.code.text or the coding display
+    clinical_status: str | None  # as recorded; None when absent
+    verification_status: str | None
+    onset: date | None
+    recorded: date | None
+
+
+@dataclass(frozen=True)
+class DrugFact:
+    """One MedicationRequest classified into a drug class of interest."""
+
+    reference: str | None  # "MedicationRequest/123"
+    drug_class: DrugClass
+    ingredient: str  # lower-case generic name
+    label: str  # what the record calls it ("Ativan 1 mg tablet", "sertraline 50 MG Oral Tablet")
+    matched_by: MatchedBy
+    code: Code | None  # the coding that matched (None when matched by name)
+    status: str | None  # MedicationRequest.status
+    authored_on: date | None
+    period_start: date | None  # dispenseRequest.validityPeriod.start
+    period_end: date | None  # dispenseRequest.validityPeriod.end
+    route: str | None  # route text/display/code as recorded
+    systemic_non_procedural: bool  # False for injection / rectal / nasal routes (procedural, seizure rescue)
+    daily_dose_mg: float | None  # None when it cannot be worked out
+    dose_text: str | None  # human form, e.g. "50 mg/day (50 mg once daily)"
+    is_current: bool  # status active/on-hold and period covers today or authored within 365 days
+    is_draft_order: bool  # came from context.draftOrders
+    is_selected: bool  # order-select: named in context.selections; order-sign: every draft order
+    trial_start: date | None  # authoredOn or validity start
+    trial_end: date | None  # validity end, or today while current
+    # Intent: "order" etc.; kept for display only
+    intent: str | None = None
+
+    @property
+    def trial_weeks(self) -> float | None:
+        if self.trial_start is None or self.trial_end is None:
+            return None
+        return max(0.0, (self.trial_end - self.trial_start).days / 7.0)
+
+
+@dataclass(frozen=True)
+class TherapySession:
+    """One completed trauma-focused psychotherapy Procedure (one session)."""
+
+    reference: str | None  # "Procedure/123"
+    therapy: TherapyKind
+    label: str  # code display or text as recorded
+    matched_by: MatchedBy
+    code: Code | None
+    performed: date | None  # performedDateTime or performedPeriod.start
+
+
+@dataclass(frozen=True)
+class SsriTrial:
+    """Assessment of one SSRI MedicationRequest as a treatment trial."""
+
+    drug: DrugFact
+    adequate: bool  # reached the minimum dose for >= 8 weeks
+    failed: bool  # adequate and PTSD still active, or stopped before becoming adequate
+
+
+@dataclass
+class ClinicalFacts:
+    """Everything the rules know, for one hook call."""
+
+    today: date
+    ptsd: list[ConditionFact] = field(default_factory=list)  # active PTSD conditions only
+    nightmares: list[ConditionFact] = field(default_factory=list)  # active nightmare conditions only
+    drugs: list[DrugFact] = field(default_factory=list)  # classified MedicationRequests from the record
+    draft_drugs: list[DrugFact] = field(default_factory=list)  # classified draft orders (order hooks)
+    sessions: list[TherapySession] = field(default_factory=list)  # completed trauma-focused sessions
+    ssri_trials: list[SsriTrial] = field(default_factory=list)
+    # Resources that could not be read (malformed); counted per resourceType, no patient data.
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    # --- derived facts the rules use -------------------------------------------------------
+    @property
+    def has_active_ptsd(self) -> bool:
+        return bool(self.ptsd)
+
+    @property
+    def has_active_nightmares(self) -> bool:
+        return bool(self.nightmares)
+
+    @property
+    def session_count(self) -> int:
+        return len(self.sessions)
+
+    @property
+    def adequate_psychotherapy(self) -> bool:
+        return self.session_count >= 9
+
+    @property
+    def adequate_ssri_trial(self) -> bool:
+        return any(t.adequate for t in self.ssri_trials)
+
+    @property
+    def failed_ssri(self) -> bool:
+        return any(t.failed for t in self.ssri_trials)
+
+    def ever_taken(self, ingredient: str) -> list[DrugFact]:
+        """Record MedicationRequests (not draft orders) of one ingredient, any status."""
+        return [d for d in self.drugs if d.ingredient == ingredient]
+
+    def current(self, drug_class: str) -> list[DrugFact]:
+        return [d for d in self.drugs if d.drug_class == drug_class and d.is_current]
+
+    @property
+    def combined(self) -> bool:
+        """A trauma-focused session took place while an SSRI or venlafaxine was being taken."""
+        for s in self.sessions:
+            if s.performed is None:
+                continue
+            for d in self.drugs:
+                if d.drug_class == "ssri" or d.ingredient == "venlafaxine":
+                    if d.trial_start and d.trial_end and d.trial_start <= s.performed <= d.trial_end:
+                        return True
+        return False
