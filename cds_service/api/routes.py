@@ -1,0 +1,176 @@
+"""HTTP endpoints: discovery, service calls, feedback (CDS Hooks 2.0 §Discovery, §Calling, §Feedback).
+
+One way through for a service call:
+HTTP -> auth (``before_request``) -> request schema -> patient data -> engine (facts -> rules ->
+cards) -> response. Each stage lives in its own module; this file only connects them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import date
+from typing import Any
+
+from flask import Blueprint, g, jsonify, request
+from marshmallow import ValidationError
+
+from cds_service import logs
+from cds_service.app import components
+from cds_service.auth import ANONYMOUS, AuthenticationError
+from cds_service.errors import ApiError
+from cds_service.json_body import is_json_content_type, parse_json_body
+from cds_service.patient_data.gather import gather_record
+from cds_service.schemas.feedback import FeedbackRequestSchema
+from cds_service.schemas.request import CONTEXT_SCHEMAS, HookRequestSchema, flatten_errors
+from cds_service.services import SERVICES_BY_ID, ServiceDefinition, discovery_document
+
+bp = Blueprint("cds", __name__)
+log = logging.getLogger("ptsd_cds.api")
+
+_HOOK_REQUEST = HookRequestSchema()
+_CONTEXTS = {hook: schema() for hook, schema in CONTEXT_SCHEMAS.items()}
+_FEEDBACK = FeedbackRequestSchema()
+
+
+# --- cross-cutting: timing, authentication, the access log ----------------------------------
+@bp.before_request
+def _authenticate() -> None:
+    g.started = time.perf_counter()
+    g.log = {}
+    g.identity = ANONYMOUS
+    if request.method == "OPTIONS" or request.endpoint == "cds.health":
+        return  # CORS preflights carry no credentials (SANDBOX.md); health checks are public
+    c = components()
+    try:
+        g.identity = c.authenticator.authenticate(request.headers.get("Authorization"), _audience())
+    except AuthenticationError as exc:
+        log.warning("authentication failed: %s", exc)
+        raise ApiError(401, "Authentication failed", code="login",
+                       headers={"WWW-Authenticate": 'Bearer realm="cds-services"'}) from None
+
+
+def _audience() -> str:
+    """The URL the client called, as it must appear in the JWT ``aud`` (JWT-06)."""
+    public = components().settings.public_url
+    if public:
+        return public.rstrip("/") + request.path
+    return request.base_url
+
+
+@bp.after_request
+def _access_log(resp):
+    if request.method != "OPTIONS" and request.endpoint != "cds.health":
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "path": request.path,
+            "status": resp.status_code,
+            "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+        }
+        fields.update(g.get("log", {}))
+        identity = g.get("identity", ANONYMOUS)
+        if identity.iss:
+            fields["client"] = identity.iss
+        if resp.status_code >= 400 and g.get("error_message"):
+            fields["error"] = g.error_message
+        logs.access(**fields)
+    return resp
+
+
+# --- endpoints ------------------------------------------------------------------------------
+@bp.get("/healthz")
+def health():
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/cds-services")
+def discovery():
+    return jsonify(discovery_document())
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str):
+    service = _service(service_id)
+    g.log["service"] = service.id
+    body = _json_body()
+    data = _validate_request(body, service)
+    c = components()
+    record = gather_record(data, identity=g.identity, settings=c.settings, policy=c.outbound)
+    today = c.settings.today or date.today()
+    cards = c.engine.evaluate(service.hook, record, today)
+    g.log["cards"] = len(cards)
+    return jsonify({"cards": cards})
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str):
+    service = _service(service_id)
+    g.log["service"] = service.id
+    body = _json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "The feedback body must be a JSON object {\"feedback\": [...]}", code="structure")
+    try:
+        data = _FEEDBACK.load(body)
+    except ValidationError as exc:
+        raise _invalid(exc.messages, "Invalid feedback") from None
+    stored = components().store.save_feedback(service.id, data["feedback"], g.identity.iss)
+    g.log["feedback"] = len(data["feedback"])
+    return jsonify({
+        "resourceType": "OperationOutcome",
+        "issue": [{
+            "severity": "information",
+            "code": "informational",
+            "diagnostics": f"Received {len(data['feedback'])} feedback item(s); {stored} new, "
+                           f"{len(data['feedback']) - stored} already stored",
+        }],
+    })
+
+
+# --- helpers --------------------------------------------------------------------------------
+def _service(service_id: str) -> ServiceDefinition:
+    service = SERVICES_BY_ID.get(service_id)
+    if service is None:
+        known = ", ".join(SERVICES_BY_ID)
+        raise ApiError(404, f"No CDS service with id '{service_id[:64]}'. Known services: {known}",
+                       code="not-found")
+    return service
+
+
+def _json_body() -> Any:
+    if not is_json_content_type(request.mimetype):
+        raise ApiError(415, "Content-Type must be application/json", code="not-supported")
+    raw = request.get_data(cache=False)  # honours MAX_CONTENT_LENGTH -> 413
+    return parse_json_body(raw, request.mimetype, max_depth=components().settings.max_json_depth)
+
+
+def _validate_request(body: Any, service: ServiceDefinition) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object (a CDS Hooks request)", code="structure")
+    try:
+        data = _HOOK_REQUEST.load(body)
+    except ValidationError as exc:
+        _note_instance(body)
+        raise _invalid(exc.messages, "Invalid CDS Hooks request") from None
+    g.log["hook"] = data["hook"]
+    g.log["hookInstance"] = data["hookInstance"]
+    if data["hook"] != service.hook:
+        raise ApiError(400, f"Service '{service.id}' answers the '{service.hook}' hook, "
+                            f"not '{data['hook'][:64]}'", expression=["hook"])
+    try:
+        data["context"] = _CONTEXTS[service.hook].load(data["context"])
+    except ValidationError as exc:
+        raise _invalid({"context": exc.messages}, f"Invalid {service.hook} context") from None
+    return data
+
+
+def _note_instance(body: dict[str, Any]) -> None:
+    for key in ("hook", "hookInstance"):
+        value = body.get(key)
+        if isinstance(value, str) and len(value) <= 128:
+            g.log[key] = value
+
+
+def _invalid(messages: Any, title: str) -> ApiError:
+    pairs = flatten_errors(messages)
+    text = "; ".join(f"{path}: {msg}" if path else msg for path, msg in pairs)
+    return ApiError(400, f"{title}: {text}", expression=sorted({p for p, _ in pairs if p}))

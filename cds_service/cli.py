@@ -1,0 +1,158 @@
+"""``ptsd-cds``: serve the service, check its configuration, evaluate a hook request offline.
+
+    ptsd-cds serve [--dev] [--bind HOST:PORT] [--workers N]
+    ptsd-cds check-config
+    ptsd-cds evaluate REQUEST.json [--today YYYY-MM-DD]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import date
+from pathlib import Path
+
+from cds_service.config import PREFIX, ConfigError, Settings
+
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+
+# What ``make run`` means by "embedded defaults": only variables that are not set are filled in.
+DEVELOPMENT_DEFAULTS = {
+    "PTSD_CDS_ENV": "development",
+    "PTSD_CDS_AUTH": "off",
+    # When authentication is switched on in development, the CDS Hooks sandbox is trusted.
+    "PTSD_CDS_TRUSTED_ISSUERS": str(PACKAGE_DATA / "dev-trusted-issuers.json"),
+    "PTSD_CDS_DATABASE": "var/ptsd-cds.sqlite3",
+    "PTSD_CDS_LOG_LEVEL": "INFO",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ptsd-cds", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service under gunicorn")
+    serve.add_argument("--dev", action="store_true", help="development defaults (what `make run` uses)")
+    serve.add_argument("--bind", default=os.environ.get("PTSD_CDS_BIND", "127.0.0.1:8080"))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("PTSD_CDS_WORKERS", "2")))
+
+    sub.add_parser("check-config", help="validate the PTSD_CDS_* settings and exit")
+
+    evaluate = sub.add_parser("evaluate", help="print the cards for a hook request, without a server")
+    evaluate.add_argument("request", type=Path, help="a CDS Hooks request (JSON file, or - for stdin)")
+    evaluate.add_argument("--today", type=date.fromisoformat, help="evaluate as of this date")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "check-config":
+            return _check_config()
+        return _evaluate(args)
+    except ConfigError as exc:
+        print(f"ptsd-cds: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _banner(settings: Settings, bind: str) -> str:
+    lines = [f"ptsd-cds {_version()} on http://{bind}  (discovery: http://{bind}/cds-services)"]
+    if settings.development:
+        lines.append("DEVELOPMENT SETTINGS - not for patient data:")
+    lines += ["  " + line for line in settings.describe()]
+    if settings.auth_required:
+        lines.append("Client authentication: REQUIRED (signed JWT from a trusted issuer on every call)")
+        if settings.development:
+            lines.append("!! Trusting the CDS Hooks sandbox (https://sandbox.cds-hooks.org), whose private key is "
+                         "public: DEVELOPMENT ONLY, never with real patient data !!")
+    else:
+        lines.append("!! Client authentication: OFF (PTSD_CDS_AUTH=off) - any caller is accepted. "
+                     "DEVELOPMENT AND TESTS ONLY. PTSD_CDS_AUTH=required make run verifies JWTs "
+                     "(trusting the CDS Hooks sandbox) !!")
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    from cds_service import __version__
+
+    return __version__
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.dev:
+        for key, value in DEVELOPMENT_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+    settings = Settings.from_env()
+    settings.validate()
+    print(_banner(settings, args.bind), file=sys.stderr, flush=True)
+
+    from gunicorn.app.base import BaseApplication
+
+    class _Gunicorn(BaseApplication):
+        def load_config(self) -> None:
+            config_file = Path(__file__).resolve().parent / "gunicorn_conf.py"
+            self.load_config_from_file(str(config_file))
+            self.cfg.set("bind", [args.bind])
+            self.cfg.set("workers", args.workers)
+
+        def load(self):
+            from cds_service import create_app
+
+            return create_app()
+
+    _Gunicorn().run()
+    return 0
+
+
+def _check_config() -> int:
+    settings = Settings.from_env()
+    settings.validate()
+    if settings.auth_required:
+        from cds_service.auth.issuers import load_trusted_issuers
+
+        issuers = load_trusted_issuers(settings.trusted_issuers)
+        print(f"trusted issuers: {len(issuers)}")
+    from cds_service.engine import Engine
+
+    Engine(settings)  # loads and checks card content and terminology
+    print("configuration OK")
+    for line in settings.describe():
+        print("  " + line)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cds_service.engine import Engine
+    from cds_service.patient_data.gather import DataUnavailable, gather_record
+    from cds_service.patient_data.outbound import OutboundPolicy
+    from cds_service.schemas.request import CONTEXT_SCHEMAS, HookRequestSchema, flatten_errors
+    from marshmallow import ValidationError
+
+    from cds_service.auth import ANONYMOUS
+
+    raw = sys.stdin.read() if str(args.request) == "-" else args.request.read_text(encoding="utf-8")
+    try:
+        body = json.loads(raw)
+        data = HookRequestSchema().load(body)
+        data["context"] = CONTEXT_SCHEMAS[data["hook"]]().load(data["context"])
+    except (ValueError, KeyError, ValidationError) as exc:
+        detail = flatten_errors(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+        print(f"ptsd-cds: not a valid CDS Hooks request: {detail}", file=sys.stderr)
+        return 1
+    overrides = {"auth": "off"} if "PTSD_CDS_AUTH" not in os.environ else {}
+    settings = Settings.from_env().with_overrides(overrides)
+    try:
+        record = gather_record(data, identity=ANONYMOUS, settings=settings, policy=OutboundPolicy(settings))
+    except DataUnavailable as exc:
+        print(f"ptsd-cds: {exc.message}", file=sys.stderr)
+        return 1
+    today = args.today or settings.today or date.today()
+    cards = Engine(settings).evaluate(data["hook"], record, today)
+    json.dump({"cards": cards}, sys.stdout, indent=2, ensure_ascii=False)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""Reading a JSON request body: content type, size, nesting depth."""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import accumulate
+from typing import Any
+
+from cds_service.errors import ApiError
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # a JSON string, escapes included
+_BARE_STRING = re.compile(rb'"[^"]*"')  # a JSON string once escapes are known to be absent
+_DELETE_ALL_BUT_STRUCTURE = bytes(b for b in range(256) if b not in b'{}[]"')
+_SIGNS = bytes.maketrans(b"{[}]", b"\x01\x01\xff\xff")
+
+
+def is_json_content_type(mimetype: str | None) -> bool:
+    """application/json, application/fhir+json or any other +json type."""
+    if not mimetype:
+        return False
+    mimetype = mimetype.lower()
+    return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
+
+
+def nesting_depth(raw: bytes) -> int:
+    """Deepest object/array nesting of a JSON text (strings are ignored)."""
+    if raw.count(b"{") + raw.count(b"[") == 0:
+        return 0
+    if b'\\"' in raw:  # escaped quotes: strip whole strings with the full pattern (slower)
+        structure = _STRING.sub(b"", raw).translate(None, _DELETE_ALL_BUT_STRUCTURE)
+    else:  # every quote delimits a string: keep only quotes and brackets, then drop strings
+        structure = _BARE_STRING.sub(b"", raw.translate(None, _DELETE_ALL_BUT_STRUCTURE))
+    brackets = structure.translate(_SIGNS)
+    if not brackets:
+        return 0
+    return max(accumulate(memoryview(brackets).cast("b")))
+
+
+def parse_json_body(raw: bytes, mimetype: str | None, *, max_depth: int) -> Any:
+    if not is_json_content_type(mimetype):
+        raise ApiError(415, "Content-Type must be application/json (CDS Hooks requests are JSON)",
+                       code="not-supported")
+    if not raw.strip():
+        raise ApiError(400, "The request body is empty; a JSON object was expected", code="structure")
+    # Cheap bound first: a body with fewer brackets than the limit cannot be too deep.
+    if raw.count(b"{") + raw.count(b"[") > max_depth and nesting_depth(raw) > max_depth:
+        raise ApiError(400, f"JSON nesting deeper than {max_depth} levels is not accepted",
+                       code="too-costly")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ApiError(400, f"The request body is not valid JSON{where}", code="structure") from None

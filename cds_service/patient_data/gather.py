@@ -1,0 +1,235 @@
+"""Patient data for one hook call: prefetch first, then the client's FHIR server (CHECKLIST PF-13..17).
+
+For each prefetch key the service declared:
+
+* present with a resource or Bundle -> used (a Bundle with a ``next`` link is paged on the
+  FHIR server when one was given; otherwise the data is incomplete);
+* present and ``null`` -> "no data": an empty result, not an error (PF-13);
+* present as an OperationOutcome -> the client could not get the data; the service does not
+  repeat the query (PF-13: sent "to prevent ... an unneeded follow-up query");
+* absent (or not a JSON object) -> the service runs the template itself on ``fhirServer``
+  (all missing keys concurrently, within one time budget).
+
+Data that a rule needs and that cannot be had (no prefetch and no fhirServer, a failed query,
+an incomplete result) ends the call with HTTP 412 and an OperationOutcome naming what is missing
+and why (PF-16). Optional data (the Patient resource) that cannot be had is only noted.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from cds_service.errors import ApiError
+from cds_service.patient_data.fhir_client import Deadline, FhirClient, bundle_resources, next_link
+from cds_service.patient_data.outbound import FhirFetchError, FhirServerRefused, OutboundPolicy
+from cds_service.patient_data.record import PatientRecord, Resource
+from cds_service.services import PREFETCH_KEYS, PrefetchKey
+
+log = logging.getLogger("ptsd_cds.patient_data")
+
+
+class DataUnavailable(ApiError):
+    """HTTP 412: required patient data could be had neither from prefetch nor from the FHIR server."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(
+            412,
+            "Required patient data is unavailable: " + "; ".join(problems),
+            code="not-found",
+        )
+        self.problems = problems
+
+
+@dataclass
+class KeyResult:
+    key: PrefetchKey
+    resources: list[Resource]
+    problem: str | None = None  # why the data could not be had (safe to return: no PHI)
+
+
+def fill_template(template: str, context: dict[str, Any]) -> str:
+    """Replace ``{{context.X}}`` tokens with URL-encoded context values (2.0 tokens only)."""
+    out = template
+    for name in ("patientId", "encounterId", "userId"):
+        token = "{{context.%s}}" % name
+        if token in out:
+            value = context.get(name)
+            if not isinstance(value, str):
+                raise ValueError(f"context.{name} is needed by the prefetch template")
+            out = out.replace(token, quote(value, safe="/"))
+    return out
+
+
+def gather_record(request_data: dict[str, Any], *, identity, settings, policy: OutboundPolicy,
+                  session_factory=None) -> PatientRecord:
+    """Build the PatientRecord for a validated hook request, or raise DataUnavailable / ApiError."""
+    context = request_data["context"]
+    prefetch = request_data.get("prefetch") or {}
+    record = PatientRecord(patient_id=context["patientId"])
+    _add_draft_orders(record, context)
+
+    fhir_server: str | None = request_data.get("fhirServer")
+    token = (request_data.get("fhirAuthorization") or {}).get("access_token")
+    deadline = Deadline(settings.fhir_total_budget)
+    client: FhirClient | None = None
+
+    def get_client() -> FhirClient | None:
+        nonlocal client
+        if client is None and fhir_server:
+            try:
+                policy.check_fhir_server(fhir_server, identity)
+            except FhirServerRefused as exc:
+                raise ApiError(400, f"fhirServer refused: {exc}", code="security",
+                               expression=["fhirServer"]) from None
+            session = session_factory() if session_factory else None
+            client = FhirClient(fhir_server, token=token, policy=policy, settings=settings,
+                                deadline=deadline, session=session)
+        return client
+
+    results: list[KeyResult] = []
+    to_fetch: list[PrefetchKey] = []
+    for key in PREFETCH_KEYS:
+        if key.key in prefetch and prefetch[key.key] is None:
+            results.append(KeyResult(key, []))  # null: the client has no such data
+            continue
+        value = prefetch.get(key.key)
+        if isinstance(value, dict):
+            results.append(_from_prefetch(key, value, get_client))
+        else:
+            if key.key in prefetch:
+                log.info("prefetch key %s is not a JSON object; querying the FHIR server", key.key)
+            to_fetch.append(key)
+
+    if to_fetch:
+        fhir = get_client()
+        if fhir is None:
+            results.extend(KeyResult(k, [], "not prefetched and no fhirServer was given") for k in to_fetch)
+        else:
+            results.extend(_fetch_all(fhir, to_fetch, context, settings))
+
+    problems = [f"{r.key.key} ({r.key.about}): {r.problem}" for r in results if r.problem and r.key.required]
+    if problems:
+        raise DataUnavailable(problems)
+    for r in results:
+        if r.problem:
+            record.missing.append(r.key.key)
+            log.info("optional data %s unavailable: %s", r.key.key, r.problem)
+        _distribute(record, r.resources)
+
+    _resolve_medications(record, get_client if fhir_server else None, settings)
+    return record
+
+
+def _from_prefetch(key: PrefetchKey, value: Resource, get_client) -> KeyResult:
+    rtype = value.get("resourceType")
+    if rtype == "OperationOutcome":
+        return KeyResult(key, [], "the client reported an error for this prefetch key")
+    if rtype != "Bundle":
+        return KeyResult(key, [value])
+    resources = bundle_resources(value)
+    if next_link(value):
+        fhir = get_client()
+        if fhir is None:
+            return KeyResult(key, resources, "the prefetch Bundle is paged (next link) and no fhirServer was given")
+        try:
+            more = fhir.collect_pages(_only_next(value), pages_before=1)
+        except FhirFetchError as exc:
+            return KeyResult(key, resources, f"paging the prefetch Bundle failed: {exc}")
+        resources = resources + more.resources
+    return KeyResult(key, resources)
+
+
+def _only_next(bundle: Resource) -> Resource:
+    """A stand-in page that holds only the next link, so collect_pages fetches the rest."""
+    return {"resourceType": "Bundle", "link": [{"relation": "next", "url": next_link(bundle)}]}
+
+
+def _fetch_all(fhir: FhirClient, keys: list[PrefetchKey], context: dict[str, Any], settings) -> list[KeyResult]:
+    def fetch(key: PrefetchKey) -> KeyResult:
+        query = fill_template(key.template, context)
+        try:
+            if "?" in query:
+                return KeyResult(key, fhir.search(query).resources)
+            resource = fhir.read(query)
+            return KeyResult(key, [resource] if resource else [])
+        except FhirFetchError as exc:
+            return KeyResult(key, [], f"FHIR query failed: {exc}")
+
+    if len(keys) == 1:
+        return [fetch(keys[0])]
+    with ThreadPoolExecutor(max_workers=min(settings.fhir_max_workers, len(keys))) as pool:
+        return list(pool.map(fetch, keys))
+
+
+_BUCKETS = {
+    "Condition": "conditions",
+    "MedicationRequest": "medication_requests",
+    "Procedure": "procedures",
+}
+
+
+def _distribute(record: PatientRecord, resources: list[Resource]) -> None:
+    """Put each resource where the facts stage looks for it (by resourceType), once per id."""
+    seen = {(r.get("resourceType"), r.get("id")) for bucket in _BUCKETS.values()
+            for r in getattr(record, bucket) if r.get("id")}
+    for resource in resources:
+        rtype = resource.get("resourceType")
+        rid = resource.get("id")
+        if rtype == "Patient":
+            record.patient = resource
+        elif rtype == "Medication" and isinstance(rid, str):
+            record.medications[f"Medication/{rid}"] = resource
+        elif rtype in _BUCKETS:
+            if rid is not None and (rtype, rid) in seen:
+                continue
+            seen.add((rtype, rid))
+            getattr(record, _BUCKETS[rtype]).append(resource)
+
+
+def _add_draft_orders(record: PatientRecord, context: dict[str, Any]) -> None:
+    draft = context.get("draftOrders")
+    if isinstance(draft, dict):
+        record.draft_orders = bundle_resources(draft)
+        # Medications sent alongside the orders (e.g. for medicationReference) are usable too.
+        for resource in record.draft_orders:
+            if resource.get("resourceType") == "Medication" and isinstance(resource.get("id"), str):
+                record.medications[f"Medication/{resource['id']}"] = resource
+    selections = context.get("selections")
+    if isinstance(selections, list):
+        record.selections = [s for s in selections if isinstance(s, str)]
+
+
+def _resolve_medications(record: PatientRecord, get_client, settings) -> None:
+    """Fetch Medications named by ``medicationReference`` that are neither contained nor present."""
+    wanted: set[str] = set()
+    for request in record.medication_requests + record.draft_orders:
+        if request.get("resourceType") != "MedicationRequest":
+            continue
+        ref = request.get("medicationReference")
+        reference = ref.get("reference") if isinstance(ref, dict) else None
+        if isinstance(reference, str) and reference.startswith("Medication/") and reference not in record.medications:
+            wanted.add(reference)
+    if not wanted or get_client is None:
+        return
+    fhir = get_client()
+    if fhir is None:
+        return
+
+    def read(reference: str) -> tuple[str, Resource | None]:
+        _, _, rid = reference.partition("/")
+        if not rid or "/" in rid:
+            return reference, None
+        try:
+            return reference, fhir.read("Medication/" + quote(rid, safe=""))
+        except FhirFetchError as exc:
+            log.info("Medication reference could not be read: %s", exc)
+            return reference, None
+
+    with ThreadPoolExecutor(max_workers=min(settings.fhir_max_workers, len(wanted))) as pool:
+        for reference, resource in pool.map(read, sorted(wanted)):
+            if resource and resource.get("resourceType") == "Medication":
+                record.medications[reference] = resource
