@@ -1,0 +1,28 @@
+# ptsd-cds: slim image, non-root, gunicorn.
+FROM python:3.11-slim AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY cds_service ./cds_service
+COPY cards ./cards
+RUN pip install . \
+    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin ptsd \
+    && mkdir -p /data && chown ptsd /data
+
+# Production defaults: authentication required (mount a trusted-issuer file), data under /data.
+ENV PTSD_CDS_ENV=production \
+    PTSD_CDS_AUTH=required \
+    PTSD_CDS_CARDS_DIR=/app/cards \
+    PTSD_CDS_DATABASE=/data/ptsd-cds.sqlite3 \
+    PTSD_CDS_BIND=0.0.0.0:8080
+
+USER ptsd
+EXPOSE 8080
+VOLUME ["/data"]
+HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"
+CMD ["gunicorn", "-c", "python:cds_service.gunicorn_conf", "cds_service:create_app()"]

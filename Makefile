@@ -1,0 +1,41 @@
+# ptsd-cds — everything runs from a project-local virtual environment (.venv).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run run-sandbox-auth test bench check-config evaluate clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## Run the service on http://127.0.0.1:8080 with development defaults (auth off unless PTSD_CDS_AUTH is set).
+run: $(STAMP)
+	$(BIN)/ptsd-cds serve --dev
+
+## Same, but verifying client JWTs and trusting the CDS Hooks sandbox (development only).
+run-sandbox-auth: $(STAMP)
+	PTSD_CDS_AUTH=required $(BIN)/ptsd-cds serve --dev
+
+## Run the test suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Measure latency and throughput (prints figures; never part of `make test`).
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py
+
+check-config: $(STAMP)
+	$(BIN)/ptsd-cds check-config
+
+## Print the cards for a hook request without a server: make evaluate REQUEST=fixtures/requests/x.json
+evaluate: $(STAMP)
+	$(BIN)/ptsd-cds evaluate $(REQUEST)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,117 @@
+"""The three hooks end to end with full prefetch, shaped like the CDS Hooks sandbox's calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.builders import (full_prefetch, hook_request, lorazepam, ptsd_condition, sertraline,
+                            topics)
+from tests.conftest import assert_conformant
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "cds-hooks" / "examples"
+
+
+def call(client, service, body):
+    return client.post(f"/cds-services/{service}", data=json.dumps(body), content_type="application/json")
+
+
+@pytest.mark.spec("RESP-01 RESP-02")
+def test_patient_view_for_a_ptsd_patient_names_one_next_step(client):
+    body = hook_request("patient-view", prefetch=full_prefetch(conditions=[ptsd_condition()]))
+    result = assert_conformant(call(client, "ptsd-patient-view", body))
+    steps = [t for t in topics(result) if t.startswith("step-") and t != "step-3-nightmares"]
+    assert steps == ["step-1-trauma-focused-psychotherapy"]
+
+
+@pytest.mark.spec("RESP-02")
+def test_no_guidance_is_an_empty_card_list(client):
+    body = hook_request("patient-view", prefetch=full_prefetch(medications=[sertraline(status="active")]))
+    resp = call(client, "ptsd-patient-view", body)
+    assert assert_conformant(resp) == {"cards": []}
+
+
+@pytest.mark.spec("HOOK-02 HOOK-03")
+def test_order_select_warns_on_a_selected_benzodiazepine(client):
+    order = lorazepam()
+    body = hook_request("order-select", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[order])
+    assert "type" not in body["context"]["draftOrders"]  # as the sandbox sends it
+    result = assert_conformant(call(client, "ptsd-order-select", body))
+    assert topics(result) == ["benzodiazepine-avoid"]
+    card = result["cards"][0]
+    assert card["indicator"] == "critical"
+    deletes = [a for s in card["suggestions"] for a in s["actions"] if a["type"] == "delete"]
+    assert [a["resourceId"] for a in deletes] == ["MedicationRequest/mr-lorazepam"]
+
+
+@pytest.mark.spec("LIB order-select: focus on selections")
+def test_order_select_ignores_drafts_that_were_not_selected(client):
+    body = hook_request("order-select", prefetch=full_prefetch(conditions=[ptsd_condition()]),
+                        drafts=[lorazepam(), sertraline()], selections=["MedicationRequest/mr-sertraline"])
+    assert "benzodiazepine-avoid" not in topics(assert_conformant(call(client, "ptsd-order-select", body)))
+
+
+def test_order_sign_checks_every_draft_without_selections(client):
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]),
+                        drafts=[sertraline(), lorazepam()])
+    assert "selections" not in body["context"]
+    result = assert_conformant(call(client, "ptsd-order-sign", body))
+    assert topics(result) == ["benzodiazepine-avoid"]
+
+
+def test_one_malformed_resource_does_not_fail_the_request(client):
+    broken = {"resourceType": "MedicationRequest", "id": "mr-broken", "status": 17,
+              "medicationCodeableConcept": "lorazepam"}
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition(), {"resourceType": "Condition"}]),
+                        drafts=[lorazepam()])
+    body["context"]["draftOrders"]["entry"] += [{"resource": broken}, {"resource": "not-an-object"}, "junk"]
+    result = assert_conformant(call(client, "ptsd-order-sign", body))
+    assert topics(result) == ["benzodiazepine-avoid"]
+
+
+@pytest.mark.spec("GEN-04")
+def test_unknown_extensions_and_members_are_tolerated(client):
+    body = hook_request("patient-view", prefetch=full_prefetch(conditions=[ptsd_condition()]))
+    body["extension"] = {"com.example.ehr": {"anything": [1, 2, 3]}}
+    body["context"]["extension"] = {"com.example.ctx": True}
+    body["someFutureField"] = "ignored"
+    result = assert_conformant(call(client, "ptsd-patient-view", body))
+    assert "step-1-trauma-focused-psychotherapy" in topics(result)
+
+
+@pytest.mark.spec("PF-13")
+def test_null_prefetch_values_mean_no_data(client):
+    body = hook_request("patient-view", prefetch={"patient": None, "conditions": None,
+                                                  "medications": None, "procedures": None})
+    assert assert_conformant(call(client, "ptsd-patient-view", body)) == {"cards": []}
+
+
+@pytest.mark.spec("PF-13")
+def test_empty_searchset_bundles_mean_no_data(client):
+    body = hook_request("patient-view", prefetch=full_prefetch())
+    assert assert_conformant(call(client, "ptsd-patient-view", body)) == {"cards": []}
+
+
+@pytest.mark.spec("CARD uuid FB-04")
+def test_every_card_and_suggestion_has_a_fresh_uuid(client):
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]),
+                        drafts=[lorazepam("a"), lorazepam("b")])
+    first = assert_conformant(call(client, "ptsd-order-sign", body))
+    second = assert_conformant(call(client, "ptsd-order-sign", body))
+    ids = [c["uuid"] for c in first["cards"] + second["cards"]]
+    ids += [s["uuid"] for c in first["cards"] for s in c.get("suggestions", [])]
+    assert len(first["cards"]) == 2 and len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("name", ["order-select-example-1.json", "order-sign-example-1.json",
+                                  "patient-view-example-1.json"])
+def test_hook_library_examples_are_accepted(client, name):
+    """The HL7 hook library's own example contexts validate (with prefetch added: no PTSD -> no cards)."""
+    example = json.loads((SHARED / "hl7-cds-hooks-library" / "examples" / name).read_text())
+    hook = name.rsplit("-example", 1)[0]
+    body = {"hook": hook, "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+            "context": example["context"], "prefetch": full_prefetch()}
+    result = assert_conformant(call(client, f"ptsd-{hook}", body))
+    assert "benzodiazepine-avoid" not in topics(result)

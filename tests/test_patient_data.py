@@ -1,0 +1,220 @@
+"""Prefetch, else the client's FHIR server (CHECKLIST PF-13..17, FA-02, ERR-02).
+
+The FHIR server is faked with ``responses``; it sits on loopback, which development settings
+allow (auth off), so no allow-list entry is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+import responses
+
+from tests.builders import (PATIENT_ID, full_prefetch, hook_request, lorazepam, patient,
+                            ptsd_condition, searchset, topics)
+from tests.conftest import assert_conformant, assert_outcome
+
+FHIR = "http://127.0.0.1:8999/fhir"
+URL = "/cds-services/ptsd-patient-view"
+
+
+def call(client, body, service="ptsd-patient-view"):
+    return client.post(f"/cds-services/{service}", data=json.dumps(body), content_type="application/json")
+
+
+def fake_server(rsps, conditions=(), medications=(), procedures=(), status=200):
+    rsps.get(f"{FHIR}/Patient/{PATIENT_ID}", json=patient(), status=status)
+    rsps.get(f"{FHIR}/Condition", json=searchset(*conditions), status=status)
+    rsps.get(f"{FHIR}/MedicationRequest", json=searchset(*medications), status=status)
+    rsps.get(f"{FHIR}/Procedure", json=searchset(*procedures), status=status)
+
+
+def paths(rsps):
+    return sorted(c.request.path_url for c in rsps.calls)
+
+
+@pytest.mark.spec("PF-15 PF-17 FA-02")
+def test_without_prefetch_every_key_is_queried_with_the_bearer_token(client):
+    with responses.RequestsMock() as rsps:
+        fake_server(rsps, conditions=[ptsd_condition()])
+        resp = call(client, hook_request("patient-view", fhir_server=FHIR, token="tok-123"))
+        result = assert_conformant(resp)
+        assert paths(rsps) == [f"/fhir/Condition?patient={PATIENT_ID}",
+                               f"/fhir/MedicationRequest?patient={PATIENT_ID}",
+                               f"/fhir/Patient/{PATIENT_ID}",
+                               f"/fhir/Procedure?patient={PATIENT_ID}"]
+        assert all(c.request.headers["Authorization"] == "Bearer tok-123" for c in rsps.calls)
+    assert "step-1-trauma-focused-psychotherapy" in topics(result)
+
+
+@pytest.mark.spec("FA-06")
+def test_open_fhir_server_gets_no_authorization_header(client):
+    with responses.RequestsMock() as rsps:
+        fake_server(rsps)
+        assert_conformant(call(client, hook_request("patient-view", fhir_server=FHIR)))
+        assert all("Authorization" not in c.request.headers for c in rsps.calls)
+
+
+def test_missing_keys_are_fetched_concurrently(client):
+    threads = set()
+
+    def slow(request):
+        threads.add(threading.current_thread().name)
+        time.sleep(0.05)
+        return 200, {}, json.dumps(searchset())
+
+    with responses.RequestsMock() as rsps:
+        for path in ("Condition", "MedicationRequest", "Procedure"):
+            rsps.add_callback(responses.GET, f"{FHIR}/{path}", callback=slow)
+        rsps.get(f"{FHIR}/Patient/{PATIENT_ID}", json=patient())
+        assert_conformant(call(client, hook_request("patient-view", fhir_server=FHIR)))
+    assert len(threads) > 1
+
+
+@pytest.mark.spec("PF-13 PF-15")
+def test_only_the_keys_not_prefetched_are_queried(client):
+    prefetch = full_prefetch(conditions=[ptsd_condition()])
+    del prefetch["procedures"]
+    prefetch["medications"] = None  # null: no data, not a reason to query
+    with responses.RequestsMock() as rsps:
+        rsps.get(f"{FHIR}/Procedure", json=searchset())
+        assert_conformant(call(client, hook_request("patient-view", prefetch=prefetch, fhir_server=FHIR)))
+        assert paths(rsps) == [f"/fhir/Procedure?patient={PATIENT_ID}"]
+
+
+@pytest.mark.spec("PF-14")
+def test_search_results_are_paged_through_next_links(client):
+    page2 = f"{FHIR}/Condition?patient={PATIENT_ID}&_page=2"
+    with responses.RequestsMock() as rsps:
+        rsps.get(f"{FHIR}/Condition", json=searchset(next_url=page2),
+                 match=[responses.matchers.query_param_matcher({"patient": PATIENT_ID})])
+        rsps.get(f"{FHIR}/Condition", json=searchset(ptsd_condition()),
+                 match=[responses.matchers.query_param_matcher({"patient": PATIENT_ID, "_page": "2"})])
+        rsps.get(f"{FHIR}/MedicationRequest", json=searchset())
+        rsps.get(f"{FHIR}/Procedure", json=searchset())
+        rsps.get(f"{FHIR}/Patient/{PATIENT_ID}", json=patient())
+        result = assert_conformant(call(client, hook_request("patient-view", fhir_server=FHIR, token="t")))
+        page_calls = [c for c in rsps.calls if "_page=2" in c.request.url]
+        assert page_calls and page_calls[0].request.headers["Authorization"] == "Bearer t"
+    assert "step-1-trauma-focused-psychotherapy" in topics(result)
+
+
+@pytest.mark.spec("PF-14")
+def test_a_paged_prefetch_bundle_is_completed_on_the_fhir_server(client):
+    prefetch = full_prefetch()
+    prefetch["conditions"] = searchset(next_url=f"{FHIR}/Condition?patient={PATIENT_ID}&_page=2")
+    with responses.RequestsMock() as rsps:
+        rsps.get(f"{FHIR}/Condition", json=searchset(ptsd_condition()))
+        result = assert_conformant(call(client, hook_request("patient-view", prefetch=prefetch, fhir_server=FHIR)))
+    assert "step-1-trauma-focused-psychotherapy" in topics(result)
+
+
+@pytest.mark.spec("PF-14 PF-16")
+def test_a_paged_prefetch_bundle_without_fhir_server_is_412(client):
+    prefetch = full_prefetch()
+    prefetch["conditions"] = searchset(next_url=f"{FHIR}/Condition?_page=2")
+    text = assert_outcome(call(client, hook_request("patient-view", prefetch=prefetch)), 412)
+    assert "conditions" in text and "next link" in text
+
+
+def test_endless_paging_stops_at_the_page_cap(make_app):
+    client = make_app(fhir_max_pages=3).test_client()
+    with responses.RequestsMock() as rsps:
+        rsps.get(f"{FHIR}/Condition", json=searchset(next_url=f"{FHIR}/Condition?patient={PATIENT_ID}&_page=n"))
+        rsps.get(f"{FHIR}/MedicationRequest", json=searchset())
+        rsps.get(f"{FHIR}/Procedure", json=searchset())
+        rsps.get(f"{FHIR}/Patient/{PATIENT_ID}", json=patient())
+        text = assert_outcome(call(client, hook_request("patient-view", fhir_server=FHIR)), 412)
+        assert len([c for c in rsps.calls if "/Condition" in c.request.url]) <= 3
+    assert "pages" in text or "loop" in text
+
+
+@pytest.mark.spec("PF-16 ERR-02")
+def test_no_prefetch_and_no_fhir_server_is_412(client):
+    resp = call(client, hook_request("patient-view"))
+    text = assert_outcome(resp, 412)
+    for key in ("conditions", "medications", "procedures"):
+        assert key in text
+    assert "no fhirServer" in text
+
+
+@pytest.mark.spec("PF-16 ERR-02")
+def test_fhir_server_error_is_412(client):
+    with responses.RequestsMock() as rsps:
+        fake_server(rsps, status=500)
+        text = assert_outcome(call(client, hook_request("patient-view", fhir_server=FHIR, token="tok-123")), 412)
+    assert "HTTP 500" in text and "tok-123" not in text
+
+
+@pytest.mark.spec("PF-16")
+def test_fhir_server_timeout_is_412(client):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        fake_server(rsps)
+        rsps.replace(responses.GET, f"{FHIR}/Condition", body=requests.exceptions.ReadTimeout("slow"))
+        text = assert_outcome(call(client, hook_request("patient-view", fhir_server=FHIR)), 412)
+    assert "conditions" in text and "timed out" in text
+
+
+def test_the_total_time_budget_ends_slow_paging(make_app):
+    client = make_app(fhir_total_budget=0.3).test_client()
+
+    def slow_page(request):
+        time.sleep(0.35)
+        return 200, {}, json.dumps(searchset(next_url=f"{FHIR}/Condition?patient={PATIENT_ID}&_page=2"))
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add_callback(responses.GET, f"{FHIR}/Condition", callback=slow_page)
+        rsps.get(f"{FHIR}/MedicationRequest", json=searchset())
+        rsps.get(f"{FHIR}/Procedure", json=searchset())
+        rsps.get(f"{FHIR}/Patient/{PATIENT_ID}", json=patient())
+        text = assert_outcome(call(client, hook_request("patient-view", fhir_server=FHIR)), 412)
+    assert "budget" in text
+
+
+def test_missing_patient_resource_is_not_fatal(client):
+    with responses.RequestsMock() as rsps:
+        fake_server(rsps, conditions=[ptsd_condition()])
+        rsps.replace(responses.GET, f"{FHIR}/Patient/{PATIENT_ID}", status=404, json={"resourceType": "OperationOutcome"})
+        result = assert_conformant(call(client, hook_request("patient-view", fhir_server=FHIR)))
+    assert "step-1-trauma-focused-psychotherapy" in topics(result)
+
+
+@pytest.mark.spec("PF-13")
+def test_operation_outcome_prefetch_is_an_error_that_is_not_requeried(client):
+    prefetch = full_prefetch()
+    prefetch["conditions"] = {"resourceType": "OperationOutcome",
+                              "issue": [{"severity": "error", "code": "processing"}]}
+    with responses.RequestsMock() as rsps:  # any request would fail the test (no registered URL)
+        text = assert_outcome(call(client, hook_request("patient-view", prefetch=prefetch, fhir_server=FHIR)), 412)
+        assert len(rsps.calls) == 0
+    assert "conditions" in text and "reported an error" in text
+
+
+def test_a_prefetch_value_that_is_not_json_object_is_requeried(client):
+    prefetch = full_prefetch()
+    prefetch["conditions"] = "<html>Tomcat error</html>"
+    with responses.RequestsMock() as rsps:
+        rsps.get(f"{FHIR}/Condition", json=searchset(ptsd_condition()))
+        result = assert_conformant(call(client, hook_request("patient-view", prefetch=prefetch, fhir_server=FHIR)))
+    assert "step-1-trauma-focused-psychotherapy" in topics(result)
+
+
+@pytest.mark.spec("HOOK-01")
+def test_medication_reference_is_resolved_on_the_fhir_server(client):
+    order = lorazepam()
+    del order["medicationCodeableConcept"]
+    order["medicationReference"] = {"reference": "Medication/med-1"}
+    medication = {"resourceType": "Medication", "id": "med-1",
+                  "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                       "code": "197901", "display": "lorazepam 1 MG Oral Tablet"}]}}
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[order],
+                        fhir_server=FHIR, token="tok")
+    with responses.RequestsMock() as rsps:
+        rsps.get(f"{FHIR}/Medication/med-1", json=medication)
+        result = assert_conformant(call(client, body, "ptsd-order-sign"))
+        assert rsps.calls[0].request.headers["Authorization"] == "Bearer tok"
+    assert topics(result) == ["benzodiazepine-avoid"]
