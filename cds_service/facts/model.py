@@ -100,6 +100,8 @@ class SsriTrial:
     drug: DrugFact
     adequate: bool  # reached the minimum dose for >= 8 weeks
     failed: bool  # adequate and PTSD still active, or stopped before becoming adequate
+    # Human explanation, e.g. "100 mg/day (...), 12 weeks (needs >= 50 mg/day for >= 8 weeks): adequate"
+    reason: str = ""
 
 
 @dataclass

@@ -1,0 +1,94 @@
+"""Clinical facts: turn one patient's FHIR record into the facts the guideline rules read.
+
+Public API::
+
+    from cds_service.facts import extract_facts, Terminology
+    facts = extract_facts(record, today=date.today(), hook="patient-view")
+
+``extract_facts`` is pure (no Flask, no I/O after the terminology is loaded), never raises for a
+bad record (unreadable resources are skipped and counted in ``facts.skipped``) and never logs
+patient data. ``site_code_map`` (a file path or a parsed dict; format in
+``cds_service.facts.terminology``) adds local Procedure codes for trauma-focused therapies; an
+invalid map raises ValueError. The rules each part implements are documented in its module:
+``conditions``, ``medications`` (with ``dosing``), ``trials``, ``psychotherapy``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from typing import Any, Mapping
+
+from cds_service.facts.conditions import extract_conditions
+from cds_service.facts.fhir_read import SkipCounter
+from cds_service.facts.medications import OrderContext, extract_draft_drugs, extract_drugs
+from cds_service.facts.model import ClinicalFacts
+from cds_service.facts.psychotherapy import extract_sessions
+from cds_service.facts.terminology import Terminology, system_name
+from cds_service.facts.trials import assess_ssri_trials
+from cds_service.patient_data.record import PatientRecord
+
+__all__ = ["extract_facts", "warm_up", "Terminology", "system_name", "ClinicalFacts"]
+
+
+def _items(value: Any) -> list[Any]:
+    """A record list; anything else (None, a stray dict) reads as empty."""
+    return value if isinstance(value, list) else []
+
+
+def _terminology(terminology: Terminology | None,
+                 site_code_map: str | os.PathLike[str] | Mapping[str, Any] | None) -> Terminology:
+    if terminology is None:
+        return Terminology.load(site_code_map)
+    return terminology if site_code_map is None else terminology.with_site_code_map(site_code_map)
+
+
+def extract_facts(
+    record: PatientRecord,
+    *,
+    today: date,
+    hook: str,
+    terminology: Terminology | None = None,
+    site_code_map: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+) -> ClinicalFacts:
+    """All clinical facts for one hook call.
+
+    ``hook``: "patient-view", "order-select" or "order-sign". Draft orders are selected when named
+    in ``record.selections`` (order-select) and always on order-sign.
+    """
+    term = _terminology(terminology, site_code_map)
+    skipped = SkipCounter()
+    medications = record.medications if isinstance(record.medications, dict) else {}
+    ptsd, nightmares = extract_conditions(_items(record.conditions), term, skipped)
+    drugs = extract_drugs(_items(record.medication_requests), medications, term,
+                          OrderContext(today, term.thresholds), skipped)
+    draft_drugs = extract_draft_drugs(_items(record.draft_orders), _items(record.selections), hook,
+                                      medications, term, today, skipped)
+    return ClinicalFacts(
+        today=today,
+        ptsd=ptsd,
+        nightmares=nightmares,
+        drugs=drugs,
+        draft_drugs=draft_drugs,
+        sessions=extract_sessions(_items(record.procedures), term, skipped),
+        ssri_trials=assess_ssri_trials(drugs, term.thresholds, ptsd_active=bool(ptsd)),
+        skipped=skipped.as_dict(),
+    )
+
+
+def warm_up() -> None:
+    """Load the terminology and prime the FHIR validators (call once at start-up).
+
+    The first validation of each fhir.resources model costs ~40 ms; doing it here keeps that
+    out of the first hook call. Uses a synthetic record only.
+    """
+    from cds_service.facts import builders as b
+
+    record = b.record(
+        conditions=[b.condition()],
+        medication_requests=[b.med_request("312941", authored="2026-01-01", dosage=[b.dosage(50, "mg")])],
+        procedures=[b.procedure("emdr", b.PSYCHOTHERAPY, performed="2026-01-02")],
+        medications={"Medication/m": b.medication("197901", id="m")},
+        draft_orders=[b.med_request(reference="Medication/m", status="draft")],
+    )
+    extract_facts(record, today=date(2026, 1, 3), hook="order-sign")

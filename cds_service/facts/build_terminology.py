@@ -1,0 +1,242 @@
+"""Compile the generated terminology data files from the project's clinical reference material.
+
+Run (from the repository root)::
+
+    .venv/bin/python -m cds_service.facts.build_terminology [/path/to/shared/clinical]
+
+It reads ``CODES.md``'s machine-readable copy (``valuesets/derived/ptsd-cds-codelists.json``) and the
+stored FHIR ValueSet expansions under ``valuesets/`` and writes two files into
+``cds_service/data/terminology/``:
+
+* ``conditions.json``  - PTSD, nightmare and "looks like PTSD but is not" condition codes.
+* ``medications.json`` - drug ingredients of interest (class, RxNorm ingredient code, generic and
+  brand names), every RxNorm code of the relevant value sets mapped to its ingredient, the
+  brand-level/legacy codes observed in the Synthea test data, and substance (UNII) codes.
+
+The other files in that folder (``systems.json``, ``routes.json``, ``psychotherapy.json``,
+``thresholds.json``) are curated by hand; each entry there carries its own ``source``.
+
+Nothing here invents a code: every code written comes from a file under the clinical folder and
+each entry names that file. Curated additions below (brand names, legacy codes) cite the exact
+place in ``CODES.md`` / ``SOURCES.md`` they come from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+UNII = "http://fdasis.nlm.nih.gov"
+OUT_DIR = Path(__file__).resolve().parent.parent / "data" / "terminology"
+DEFAULT_CLINICAL = Path("/work/shared/clinical")
+CODELISTS = "valuesets/derived/ptsd-cds-codelists.json"
+GENERATED_BY = "python -m cds_service.facts.build_terminology (do not edit by hand)"
+
+# --- value sets whose RxNorm expansions are mapped to ingredients -------------------------------
+# (id used in the output, file under clinical/, upstream location as stated in valuesets/SOURCES.md)
+VALUE_SETS: list[tuple[str, str, str]] = [
+    ("cdc-benzodiazepine-medications", "valuesets/opioid-cds-r4/benzodiazepine-medications.json",
+     "cqframework/opioid-cds-r4 input/vocabulary/valueset/benzodiazepine-medications.json @ b29bdcbf"),
+    ("vsac-schedule-iv-benzodiazepines",
+     "valuesets/ecqm-content-qicore-2024/valueset-2.16.840.1.113762.1.4.1125.1.json",
+     "cqframework/ecqm-content-qicore-2024 input/vocabulary/valueset/external @ 9ebd48ff"),
+    ("vsac-harmful-benzodiazepines-older-adults",
+     "valuesets/ecqm-content-qicore-2024/valueset-2.16.840.1.113883.3.464.1003.196.12.1522.json",
+     "cqframework/ecqm-content-qicore-2024 input/vocabulary/valueset/external @ 9ebd48ff"),
+    ("vsac-antidepressant-medication",
+     "valuesets/ecqm-content-qicore-2024/valueset-2.16.840.1.113883.3.464.1003.196.12.1213.json",
+     "cqframework/ecqm-content-qicore-2024 input/vocabulary/valueset/external @ 9ebd48ff"),
+    ("vsac-antidepressants",
+     "valuesets/ecqm-content-qicore-2024/valueset-2.16.840.1.113762.1.4.1248.163.json",
+     "cqframework/ecqm-content-qicore-2024 input/vocabulary/valueset/external @ 9ebd48ff"),
+    ("vsac-adult-depression-medications",
+     "valuesets/ecqm-content-qicore-2024/valueset-2.16.840.1.113883.3.526.3.1566.json",
+     "cqframework/ecqm-content-qicore-2024 input/vocabulary/valueset/external @ 9ebd48ff"),
+    ("vsac-antihypertensives",
+     "valuesets/ecqm-content-qicore-2024/valueset-2.16.840.1.113762.1.4.1248.164.json",
+     "cqframework/ecqm-content-qicore-2024 input/vocabulary/valueset/external @ 9ebd48ff"),
+]
+
+# --- ingredients of interest --------------------------------------------------------------------
+# Benzodiazepine generic names: CODES.md §3a (ingredients) and §3b (per-ingredient rows, incl.
+# "other": bromazepam, remimazolam, halazepam, lormetazepam, flunitrazepam, nitrazepam, prazepam).
+BENZODIAZEPINES = [
+    "alprazolam", "lorazepam", "clonazepam", "diazepam", "chlordiazepoxide", "clorazepate",
+    "oxazepam", "temazepam", "triazolam", "estazolam", "flurazepam", "quazepam", "midazolam",
+    "clobazam", "bromazepam", "remimazolam", "halazepam", "lormetazepam", "flunitrazepam",
+    "nitrazepam", "prazepam",
+]
+# Issue #3: ssri = sertraline, paroxetine, fluoxetine; snri = venlafaxine. (CODES.md §4a also
+# lists citalopram/escitalopram/duloxetine "for classification only"; issue #3 does not classify them.)
+CLASS_OF = {
+    **{name: "benzodiazepine" for name in BENZODIAZEPINES},
+    "sertraline": "ssri", "paroxetine": "ssri", "fluoxetine": "ssri",
+    "venlafaxine": "snri",
+    "prazosin": "prazosin",
+    "midomafetamine": "mdma",
+}
+# Extra names per ingredient (besides the generic name) and where they are justified.
+EXTRA_NAMES: dict[str, tuple[list[str], str]] = {
+    "midomafetamine": (["MDMA", "methylenedioxymethamphetamine", "ecstasy"],
+                       "CODES.md §6: 'match on text (MDMA|midomafetamine|methylenedioxymethamphetamine|ecstasy)'"),
+}
+# Brand names not visible as "[Brand]" in a stored value set display, with their justification.
+EXTRA_BRANDS: dict[str, tuple[str, str]] = {
+    "Librium": ("chlordiazepoxide", "CODES.md §3b benzodiazepine text-fallback list"),
+    "Versed": ("midazolam", "CODES.md §3b benzodiazepine text-fallback list"),
+    "Zoloft": ("sertraline", "CODES.md §4b note on missing brand codes; GUIDELINE-FACTS.md §6 (ZOLOFT label)"),
+    "Paxil": ("paroxetine", "CODES.md §4b note on missing brand codes; GUIDELINE-FACTS.md §6"),
+    "Effexor": ("venlafaxine", "CODES.md §4b note on missing brand codes ('Effexor XR')"),
+}
+# Codes at other RxNorm levels (brand groups, legacy concepts) observed in the test records and named
+# in the reference material; they are in no stored value set.
+OTHER_LEVEL_CODES = [
+    ("563026", "Diazepam [Valium]", "diazepam", "CODES.md §3b data-reality warning; samples/synthea/SOURCES.md"),
+    ("1153378", "Clonazepam [Klonopin]", "clonazepam", "CODES.md §3b data-reality warning; samples/synthea/SOURCES.md"),
+    ("328670", "Sertraline 100MG", "sertraline", "CODES.md §4b note; valuesets/derived/synthea-veteran-ptsd-module-codes.json"),
+    ("406022", "Fluoxetine 25MG", "fluoxetine", "CODES.md §4b note; samples/synthea/SOURCES.md (Milan_Beatty)"),
+]
+DOSE_FORM_NON_SYSTEMIC = re.compile(
+    r"\b(injection|injectable|auto-injector|prefilled syringe|cartridge|rectal|enema|suppository|nasal)\b",
+    re.IGNORECASE,
+)
+
+
+def _load(clinical: Path, rel: str) -> Any:
+    with open(clinical / rel, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _row(entry: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: entry[k] for k in keys if entry.get(k) not in (None, "")}
+
+
+def build_conditions(clinical: Path) -> dict[str, Any]:
+    groups = _load(clinical, CODELISTS)["groups"]
+    keys = ("system", "code", "display", "status", "source", "note")
+    return {
+        "description": "Condition codes: active PTSD, active nightmares, and stress disorders that are NOT PTSD.",
+        "source": f"CODES.md §1-§2; {CODELISTS} groups ptsd-condition, nightmare, ptsd-related-not-ptsd",
+        "generatedBy": GENERATED_BY,
+        "ptsd": [_row(e, *keys) for e in groups["ptsd-condition"] if e.get("code")],
+        "nightmares": [_row(e, *keys) for e in groups["nightmare"] if e.get("code")],
+        "notPtsd": [_row(e, *keys) for e in groups["ptsd-related-not-ptsd"] if e.get("code")],
+    }
+
+
+def _ingredient_in(display: str) -> str | None:
+    """The single ingredient of interest named in a value-set display (word match), else None."""
+    found = [n for n in CLASS_OF if re.search(rf"\b{n}\b", display, re.IGNORECASE)]
+    if len(found) > 1:
+        raise ValueError(f"two ingredients of interest in {display!r}")
+    return found[0] if found else None
+
+
+def _value_set_codes(clinical: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    meta: dict[str, Any] = {}
+    codes: dict[str, dict[str, Any]] = {}
+    for vs_id, rel, upstream in VALUE_SETS:
+        vs = _load(clinical, rel)
+        meta[vs_id] = {"title": vs.get("title"), "url": vs.get("url"), "version": vs.get("version"),
+                       "file": f"clinical/{rel}", "upstream": upstream}
+        for c in vs.get("expansion", {}).get("contains", []):
+            ingredient = _ingredient_in(c.get("display", ""))
+            if c.get("system") != RXNORM or ingredient is None:
+                continue
+            row = codes.setdefault(c["code"], {"system": RXNORM, "code": c["code"], "display": c["display"],
+                                               "ingredient": ingredient, "valueSets": []})
+            row["valueSets"].append(vs_id)
+    return meta, sorted(codes.values(), key=lambda r: (r["ingredient"], r["display"]))
+
+
+def _brands_from_displays(codes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Brand names seen as ``[Brand]`` in value-set displays, with their ingredient and dose forms."""
+    brands: dict[str, dict[str, Any]] = {}
+    for row in codes:
+        m = re.search(r"\[([^\]]+)\]", row["display"])
+        if not m:
+            continue
+        b = brands.setdefault(m.group(1), {"ingredient": row["ingredient"], "displays": []})
+        if b["ingredient"] != row["ingredient"]:
+            raise ValueError(f"brand {m.group(1)} maps to two ingredients")
+        b["displays"].append(row["display"])
+    return brands
+
+
+def _ingredient_codes(clinical: Path) -> dict[str, dict[str, Any]]:
+    groups = _load(clinical, CODELISTS)["groups"]
+    out: dict[str, dict[str, Any]] = {}
+    for group in ("benzodiazepine-ingredient", "ssri-snri-ingredient", "prazosin"):
+        for e in groups[group]:
+            name = e["display"].split(" (")[0].strip().lower()
+            if name in CLASS_OF and e.get("code") and e.get("status") == "verified":
+                out[name] = {"rxnorm": e["code"], "source": e["source"]}
+    return out
+
+
+def build_medications(clinical: Path) -> dict[str, Any]:
+    vs_meta, codes = _value_set_codes(clinical)
+    ingredient_codes = _ingredient_codes(clinical)
+    brands = _brands_from_displays(codes)
+    ingredients: dict[str, dict[str, Any]] = {}
+    for name, cls in CLASS_OF.items():
+        entry: dict[str, Any] = {"class": cls, "names": [name], "brands": []}
+        if name in ingredient_codes:
+            entry["rxnorm"] = ingredient_codes[name]["rxnorm"]
+            entry["rxnormSource"] = ingredient_codes[name]["source"]
+        extra = EXTRA_NAMES.get(name)
+        if extra:
+            entry["names"] += extra[0]
+            entry["namesSource"] = extra[1]
+        ingredients[name] = entry
+    for brand, info in sorted(brands.items()):
+        forms = {bool(DOSE_FORM_NON_SYSTEMIC.search(d)) for d in info["displays"]}
+        ingredients[info["ingredient"]]["brands"].append({
+            "name": brand,
+            # every product of this brand in the value sets is an injection/rectal/nasal form
+            "nonSystemicOnly": forms == {True},
+            "source": "brand in value-set displays, e.g. " + repr(info["displays"][0]),
+        })
+    for brand, (ingredient, source) in EXTRA_BRANDS.items():
+        ingredients[ingredient]["brands"].append({"name": brand, "nonSystemicOnly": False, "source": source})
+    return {
+        "description": "Drugs of interest: ingredients (class, names), RxNorm codes mapped to ingredients.",
+        "source": (f"CODES.md §3-§6; {CODELISTS}; value sets listed in valueSets "
+                   "(see clinical/valuesets/SOURCES.md)"),
+        "generatedBy": GENERATED_BY,
+        "valueSets": vs_meta,
+        "ingredients": ingredients,
+        "codes": codes,
+        "otherLevelCodes": [
+            {"system": RXNORM, "code": code, "display": display, "ingredient": ingredient,
+             "status": "observed in test data (not in any value set)", "source": source}
+            for code, display, ingredient, source in OTHER_LEVEL_CODES
+        ],
+        "substanceCodes": [
+            _row(e, "system", "code", "display", "status", "source") | {"ingredient": "midomafetamine"}
+            for e in _load(clinical, CODELISTS)["groups"]["mdma"]
+            if e.get("system") == UNII and e.get("code")
+        ],
+    }
+
+
+def write(clinical: Path = DEFAULT_CLINICAL, out_dir: Path = OUT_DIR) -> list[Path]:
+    """Write the generated files; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, data in (("conditions.json", build_conditions(clinical)),
+                       ("medications.json", build_medications(clinical))):
+        path = out_dir / name
+        path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":  # pragma: no cover - manual tool
+    clinical_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CLINICAL
+    for p in write(clinical_dir):
+        print(f"wrote {p}")

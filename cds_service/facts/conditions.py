@@ -1,0 +1,87 @@
+"""Active PTSD and nightmare conditions.
+
+A Condition is **PTSD** when one of its codings is a PTSD code of ``conditions.json`` (SNOMED CT
+47505003 and the descendants listed in CODES.md; ICD-10-CM F43.1/F43.10/F43.11/F43.12, also
+without the dot; ICD-11 6B40/6B41), matched on the canonical system URI. It is **nightmares** when
+a coding is 111487009, 428687006 or F51.5. 428687006 ("Nightmares associated with chronic PTSD")
+is both, so such a Condition yields one PTSD fact *and* one nightmare fact. Acute stress disorder
+and the other listed stress disorders are not in either list, so they never match. A Condition is
+matched on codes only (a text of "PTSD" without a coding does not count).
+
+It counts (is **active**) when ``clinicalStatus`` is absent, active, recurrence or relapse, and
+``verificationStatus`` is absent or anything but refuted / entered-in-error (so unconfirmed,
+provisional and differential diagnoses count). Inactive, remission and resolved do not.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from cds_service.facts.fhir_read import (
+    Malformed, Resource, SkipCounter, codings, concept_text, first_code, parse_date, reference_of, validate,
+)
+from cds_service.facts.model import Code, ConditionFact
+from cds_service.facts.terminology import Terminology
+
+ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
+EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+
+
+def is_active(condition: Resource) -> bool:
+    """Clinical status absent/active/recurrence/relapse and not refuted/entered-in-error."""
+    clinical = first_code(condition.get("clinicalStatus"))
+    verification = first_code(condition.get("verificationStatus"))
+    return (clinical is None or clinical in ACTIVE_CLINICAL) and verification not in EXCLUDED_VERIFICATION
+
+
+def _matches(condition: Resource, term: Terminology) -> dict[str, dict]:
+    """First matching coding per kind ("ptsd", "nightmares")."""
+    found: dict[str, dict] = {}
+    for coding in codings(condition.get("code")):
+        for kind in term.condition_kinds(coding.get("system"), coding.get("code")):
+            found.setdefault(kind, coding)
+    return found
+
+
+def _fact(condition: Resource, kind: str, coding: dict) -> ConditionFact:
+    onset_period = condition.get("onsetPeriod") or {}
+    return ConditionFact(
+        kind=kind,  # type: ignore[arg-type]
+        reference=reference_of(condition),
+        code=Code(coding.get("system"), coding.get("code"), coding.get("display")),
+        text=concept_text(condition.get("code")),
+        clinical_status=first_code(condition.get("clinicalStatus")),
+        verification_status=first_code(condition.get("verificationStatus")),
+        onset=parse_date(condition.get("onsetDateTime")) or parse_date(onset_period.get("start")),
+        recorded=parse_date(condition.get("recordedDate")),
+    )
+
+
+def read_condition(condition: Resource, term: Terminology) -> list[ConditionFact]:
+    """Facts for one Condition (empty when it does not match or is not active). Raises Malformed."""
+    if not isinstance(condition, dict):
+        raise Malformed("not an object")
+    matches = _matches(condition, term)
+    if not matches:
+        return []
+    validate(condition)
+    if not is_active(condition):
+        return []
+    return [_fact(condition, kind, coding) for kind, coding in sorted(matches.items())]
+
+
+def extract_conditions(
+    conditions: Iterable[Resource], term: Terminology, skipped: SkipCounter
+) -> tuple[list[ConditionFact], list[ConditionFact]]:
+    """(active PTSD facts, active nightmare facts) from the record's Conditions."""
+    ptsd: list[ConditionFact] = []
+    nightmares: list[ConditionFact] = []
+    for condition in conditions:
+        try:
+            facts = read_condition(condition, term)
+        except Exception:  # noqa: BLE001 - a bad resource must never fail the hook call
+            skipped.skip("Condition")
+            continue
+        ptsd += [f for f in facts if f.kind == "ptsd"]
+        nightmares += [f for f in facts if f.kind == "nightmares"]
+    return ptsd, nightmares

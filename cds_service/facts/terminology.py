@@ -1,0 +1,374 @@
+"""Terminology: code systems, value sets, drug names, therapy patterns and the site code map.
+
+All clinical content lives in ``cds_service/data/terminology/*.json`` (compiled from the project's
+clinical reference material; every entry carries a ``source``):
+
+* ``systems.json``      - canonical code system URIs and their short names.
+* ``conditions.json``   - PTSD / nightmare / not-PTSD condition codes (generated).
+* ``medications.json``  - ingredients of interest, RxNorm codes -> ingredient, names (generated).
+* ``routes.json``       - words marking injection / rectal / nasal administration.
+* ``psychotherapy.json``- trauma-focused therapy ids, verified codes and text patterns.
+* ``thresholds.json``   - current-order window and adequate-SSRI-trial thresholds.
+
+``Terminology.load()`` reads them once per process (cached) and builds set/dict look-ups and
+compiled regular expressions, so every look-up during a hook call is O(1) or one regex search.
+
+Site code map
+-------------
+A site can map its local Procedure codes to a trauma-focused therapy with a JSON file (setting
+``site_code_map``; example in ``fixtures/site-code-map.example.json``)::
+
+    {
+      "description": "optional free text",
+      "procedures": [
+        {"system": "http://hospital.example.org/codes", "code": "PSY-PE",
+         "therapy": "prolonged-exposure", "display": "optional label"}
+      ]
+    }
+
+``therapy`` is one of ``prolonged-exposure``, ``cognitive-processing-therapy``, ``emdr``.
+``system`` and ``code`` are non-empty strings, matched exactly (system URI after trimming a
+trailing ``/``). Unknown keys, a missing ``procedures`` list, a bad therapy id or one code mapped to
+two therapies raise ``ValueError`` naming the problem and the entry index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from cds_service.codesystems import PSYCHOTHERAPY
+from cds_service.facts.model import DrugClass, MatchedBy, TherapyKind
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "terminology"
+
+SNOMED = "http://snomed.info/sct"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD11 = "http://id.who.int/icd/release/11/mms"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+UNII = "http://fdasis.nlm.nih.gov"
+
+THERAPIES: tuple[TherapyKind, ...] = ("prolonged-exposure", "cognitive-processing-therapy", "emdr")
+ConditionKind = str  # "ptsd" | "nightmares"
+
+
+# --- small pure helpers ---------------------------------------------------------------------------
+def canonical_system(system: str | None) -> str | None:
+    """Trim whitespace and a trailing ``/`` from a code system URI (None stays None)."""
+    if not isinstance(system, str):
+        return None
+    return system.strip().rstrip("/") or None
+
+
+def normalise_code(system: str | None, code: str | None) -> str | None:
+    """Code as used for look-ups: trimmed; ICD-10-CM also upper-cased and without the dot."""
+    if not isinstance(code, str):
+        return None
+    code = code.strip()
+    if system == ICD10CM:
+        code = code.replace(".", "").upper()
+    return code or None
+
+
+def _system_names() -> dict[str, str]:
+    names = {s["uri"]: s["name"] for s in _read("systems.json")["systems"]}
+    names[PSYCHOTHERAPY] = "ptsd-cds trauma-focused psychotherapy"
+    return names
+
+
+def system_name(system: str | None) -> str:
+    """Short human name of a code system ("SNOMED CT", "ICD-10-CM", ...), else the URI itself."""
+    if system is None:
+        return "code"
+    return _cached_system_names().get(canonical_system(system) or "", system)
+
+
+@lru_cache(maxsize=1)
+def _cached_system_names() -> dict[str, str]:
+    return _system_names()
+
+
+def _read(name: str) -> dict[str, Any]:
+    with open(DATA_DIR / name, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _word_regex(words: Iterable[str]) -> re.Pattern[str]:
+    """One case-insensitive whole-word alternation, longest words first."""
+    alts = sorted({w.strip() for w in words if w.strip()}, key=len, reverse=True)
+    body = "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in alts)
+    return re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
+
+
+# --- match results --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DrugMatch:
+    """How a drug was recognised."""
+
+    ingredient: str
+    drug_class: DrugClass
+    matched_by: MatchedBy
+    non_systemic_brand: bool = False  # matched a brand sold only as injection/rectal/nasal forms
+    reference_display: str | None = None  # display of the matched code in our tables (has the dose form)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    current_max_age_days: int
+    current_statuses: frozenset[str]
+    ssri_min_weeks: float
+    ssri_min_daily_dose_mg: Mapping[str, float]
+
+
+# --- the terminology ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Base:
+    """Everything loaded from the data folder (shared by all Terminology instances)."""
+
+    conditions: dict[tuple[str, str], frozenset[str]]
+    not_ptsd: frozenset[tuple[str, str]]
+    drug_codes: dict[tuple[str, str], tuple[str, MatchedBy, str]]  # -> ingredient, matched_by, display
+    drug_class: dict[str, DrugClass]
+    name_regex: re.Pattern[str]
+    name_to_ingredient: dict[str, tuple[str, bool]]  # lower-case name -> (ingredient, non-systemic brand)
+    route_regex: re.Pattern[str]
+    dose_form_regex: re.Pattern[str]
+    therapy_codes: dict[tuple[str, str], TherapyKind]
+    therapy_patterns: tuple[tuple[TherapyKind, re.Pattern[str]], ...]
+    therapy_exclusion: re.Pattern[str]
+    thresholds: Thresholds
+
+
+def _build_conditions(data: dict[str, Any]) -> tuple[dict[tuple[str, str], frozenset[str]], frozenset]:
+    kinds: dict[tuple[str, str], set[str]] = {}
+    for kind, group in (("ptsd", "ptsd"), ("nightmares", "nightmares")):
+        for row in data[group]:
+            key = (row["system"], normalise_code(row["system"], row["code"]))
+            kinds.setdefault(key, set()).add(kind)
+    not_ptsd = frozenset((r["system"], normalise_code(r["system"], r["code"])) for r in data["notPtsd"])
+    overlap = not_ptsd & kinds.keys()
+    if overlap:
+        raise ValueError(f"conditions.json: codes both PTSD and not-PTSD: {sorted(overlap)}")
+    return {k: frozenset(v) for k, v in kinds.items()}, not_ptsd
+
+
+def _build_drug_codes(data: dict[str, Any]) -> dict[tuple[str, str], tuple[str, MatchedBy, str]]:
+    codes: dict[tuple[str, str], tuple[str, MatchedBy, str]] = {}
+    for name, ing in data["ingredients"].items():
+        if ing.get("rxnorm"):
+            codes[(RXNORM, ing["rxnorm"])] = (name, "ingredient", name)
+    for row in data["otherLevelCodes"] + data["substanceCodes"]:
+        codes[(row["system"], row["code"])] = (row["ingredient"], "ingredient", row.get("display", ""))
+    for row in data["codes"]:
+        codes[(row["system"], row["code"])] = (row["ingredient"], "valueset", row["display"])
+    return codes
+
+
+def _build_names(data: dict[str, Any]) -> tuple[re.Pattern[str], dict[str, tuple[str, bool]]]:
+    names: dict[str, tuple[str, bool]] = {}
+    for ingredient, ing in data["ingredients"].items():
+        for n in ing["names"]:
+            names[n.lower()] = (ingredient, False)
+        for brand in ing["brands"]:
+            names[brand["name"].lower()] = (ingredient, bool(brand.get("nonSystemicOnly")))
+    return _word_regex(names), names
+
+
+def _build_therapies(data: dict[str, Any]) -> tuple[dict, tuple, re.Pattern[str]]:
+    codes: dict[tuple[str, str], TherapyKind] = {(PSYCHOTHERAPY, t): t for t in THERAPIES}
+    patterns: list[tuple[TherapyKind, re.Pattern[str]]] = []
+    for therapy, spec in data["therapies"].items():
+        if therapy not in THERAPIES:
+            raise ValueError(f"psychotherapy.json: unknown therapy {therapy!r}")
+        for c in spec.get("verifiedCodes", []):
+            codes[(c["system"], normalise_code(c["system"], c["code"]))] = therapy
+        patterns += [(therapy, re.compile(p, re.IGNORECASE)) for p in spec["textPatterns"]]
+    exclusion = re.compile("|".join(data["textExclusions"]["patterns"]), re.IGNORECASE)
+    return codes, tuple(patterns), exclusion
+
+
+def _build_thresholds(data: dict[str, Any]) -> Thresholds:
+    cur, ssri = data["currentOrder"], data["adequateSsriTrial"]
+    return Thresholds(
+        current_max_age_days=int(cur["maxAgeDays"]),
+        current_statuses=frozenset(cur["statuses"]),
+        ssri_min_weeks=float(ssri["minWeeks"]),
+        ssri_min_daily_dose_mg={k: float(v) for k, v in ssri["minDailyDoseMg"].items()},
+    )
+
+
+@lru_cache(maxsize=1)
+def _base() -> _Base:
+    conditions, not_ptsd = _build_conditions(_read("conditions.json"))
+    meds = _read("medications.json")
+    name_regex, name_map = _build_names(meds)
+    routes = _read("routes.json")
+    therapy_codes, therapy_patterns, exclusion = _build_therapies(_read("psychotherapy.json"))
+    return _Base(
+        conditions=conditions,
+        not_ptsd=not_ptsd,
+        drug_codes=_build_drug_codes(meds),
+        drug_class={name: ing["class"] for name, ing in meds["ingredients"].items()},
+        name_regex=name_regex,
+        name_to_ingredient=name_map,
+        route_regex=_word_regex(w for ws in routes["routeWords"].values() for w in ws),
+        dose_form_regex=_word_regex(w for ws in routes["doseFormWords"].values() for w in ws),
+        therapy_codes=therapy_codes,
+        therapy_patterns=therapy_patterns,
+        therapy_exclusion=exclusion,
+        thresholds=_build_thresholds(_read("thresholds.json")),
+    )
+
+
+@dataclass(frozen=True)
+class Terminology:
+    """Look-ups used by the facts stage. Create with :meth:`load` (cheap after the first call)."""
+
+    base: _Base
+    site_procedures: Mapping[tuple[str, str], TherapyKind] = field(default_factory=dict)
+
+    # construction -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, site_code_map: str | os.PathLike[str] | Mapping[str, Any] | None = None) -> "Terminology":
+        """The terminology, plus a site code map (file path or already-parsed dict) when given.
+
+        Raises ValueError when the site code map cannot be read or is invalid.
+        """
+        if site_code_map is None:
+            return _default_terminology()
+        if isinstance(site_code_map, Mapping):
+            return cls(_base(), parse_site_code_map(site_code_map, "site code map"))
+        return _terminology_for_file(os.fspath(site_code_map))
+
+    def with_site_code_map(self, site_code_map: str | os.PathLike[str] | Mapping[str, Any]) -> "Terminology":
+        """A copy of this terminology that also knows the given site code map."""
+        loaded = Terminology.load(site_code_map)
+        return Terminology(self.base, {**self.site_procedures, **loaded.site_procedures})
+
+    # conditions ---------------------------------------------------------------------------------
+    def condition_kinds(self, system: str | None, code: str | None) -> frozenset[str]:
+        """{"ptsd"}, {"nightmares"}, both, or empty for one coding."""
+        system = canonical_system(system)
+        key = (system, normalise_code(system, code))
+        return self.base.conditions.get(key, frozenset())  # type: ignore[arg-type]
+
+    def is_not_ptsd(self, system: str | None, code: str | None) -> bool:
+        """True for the listed look-alikes (acute stress disorder ...)."""
+        system = canonical_system(system)
+        return (system, normalise_code(system, code)) in self.base.not_ptsd
+
+    # drugs --------------------------------------------------------------------------------------
+    def drug_by_code(self, system: str | None, code: str | None) -> DrugMatch | None:
+        system = canonical_system(system)
+        hit = self.base.drug_codes.get((system, normalise_code(system, code)))  # type: ignore[arg-type]
+        if hit is None:
+            return None
+        ingredient, matched_by, display = hit
+        return DrugMatch(ingredient, self.base.drug_class[ingredient], matched_by, reference_display=display)
+
+    def drug_by_name(self, text: str | None) -> DrugMatch | None:
+        """First generic or brand name of interest in ``text`` (whole words, case-insensitive)."""
+        if not text:
+            return None
+        m = self.base.name_regex.search(text)
+        if m is None:
+            return None
+        ingredient, non_systemic = self.base.name_to_ingredient[re.sub(r"\s+", " ", m.group(0).lower())]
+        return DrugMatch(ingredient, self.base.drug_class[ingredient], "name", non_systemic_brand=non_systemic)
+
+    def route_is_non_systemic(self, route_text: str | None) -> bool:
+        """Dosage.route text says injection / rectal / nasal."""
+        return bool(route_text) and self.base.route_regex.search(route_text) is not None  # type: ignore[arg-type]
+
+    def dose_form_is_non_systemic(self, name: str | None) -> bool:
+        """A drug name / form names an injection, rectal or nasal dose form."""
+        return bool(name) and self.base.dose_form_regex.search(name) is not None  # type: ignore[arg-type]
+
+    # psychotherapy ------------------------------------------------------------------------------
+    def therapy_by_code(self, system: str | None, code: str | None) -> tuple[TherapyKind, MatchedBy] | None:
+        system = canonical_system(system)
+        key = (system, normalise_code(system, code))
+        if key in self.site_procedures:
+            return self.site_procedures[key], "code-map"  # type: ignore[index]
+        therapy = self.base.therapy_codes.get(key)  # type: ignore[arg-type]
+        return (therapy, "valueset") if therapy else None
+
+    def therapy_by_text(self, text: str | None) -> TherapyKind | None:
+        """The therapy a procedure text names, unless it describes a referral / declined session."""
+        if not text:
+            return None
+        for therapy, pattern in self.base.therapy_patterns:
+            if pattern.search(text):
+                return None if self.base.therapy_exclusion.search(text) else therapy
+        return None
+
+    # thresholds ---------------------------------------------------------------------------------
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.base.thresholds
+
+
+@lru_cache(maxsize=1)
+def _default_terminology() -> Terminology:
+    return Terminology(_base())
+
+
+@lru_cache(maxsize=16)
+def _terminology_for_file(path: str) -> Terminology:
+    return Terminology(_base(), load_site_code_map_file(path))
+
+
+# --- site code map --------------------------------------------------------------------------------
+_SITE_TOP_KEYS = {"procedures", "description", "source"}
+_SITE_ENTRY_KEYS = {"system", "code", "therapy", "display", "note"}
+
+
+def load_site_code_map_file(path: str) -> dict[tuple[str, str], TherapyKind]:
+    """Read and validate a site code map file (see module docstring). Raises ValueError."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as err:
+        raise ValueError(f"site code map {path}: cannot read file ({err.strerror or err})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"site code map {path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    return parse_site_code_map(data, f"site code map {path}")
+
+
+def parse_site_code_map(data: Any, where: str = "site code map") -> dict[tuple[str, str], TherapyKind]:
+    """Validate a parsed site code map; return {(system, code): therapy}. Raises ValueError."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: must be a JSON object with a 'procedures' list")
+    unknown = set(data) - _SITE_TOP_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_SITE_TOP_KEYS)}")
+    entries = data.get("procedures")
+    if not isinstance(entries, list):
+        raise ValueError(f"{where}: 'procedures' must be a list")
+    mapping: dict[tuple[str, str], TherapyKind] = {}
+    for i, entry in enumerate(entries):
+        key, therapy = _parse_site_entry(entry, f"{where}: procedures[{i}]")
+        if mapping.get(key, therapy) != therapy:
+            raise ValueError(f"{where}: procedures[{i}]: code {key[1]!r} of {key[0]} is mapped to two therapies")
+        mapping[key] = therapy
+    return mapping
+
+
+def _parse_site_entry(entry: Any, where: str) -> tuple[tuple[str, str], TherapyKind]:
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where}: must be an object with system, code and therapy")
+    unknown = set(entry) - _SITE_ENTRY_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_SITE_ENTRY_KEYS)}")
+    for name in ("system", "code", "therapy"):
+        if not isinstance(entry.get(name), str) or not entry[name].strip():
+            raise ValueError(f"{where}: '{name}' must be a non-empty string")
+    if entry["therapy"] not in THERAPIES:
+        raise ValueError(f"{where}: therapy {entry['therapy']!r} is not one of {list(THERAPIES)}")
+    system = canonical_system(entry["system"])
+    return (system, normalise_code(system, entry["code"])), entry["therapy"]  # type: ignore[return-value]

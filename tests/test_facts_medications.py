@@ -1,0 +1,318 @@
+"""Drug classification, route, current, daily dose, draft orders and SSRI trials."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from cds_service.facts import builders as b
+from cds_service.facts import extract_facts
+from cds_service.facts.builders import RXNORM
+
+TODAY = date(2026, 11, 28)
+UNII = "http://fdasis.nlm.nih.gov"
+
+
+def ago(days: int) -> str:
+    return (TODAY - timedelta(days=days)).isoformat()
+
+
+def facts_for(*requests, hook="patient-view", conditions=(), **kw):
+    return extract_facts(b.record(medication_requests=requests, conditions=conditions, **kw),
+                         today=TODAY, hook=hook)
+
+
+def one_drug(*requests, **kw):
+    [drug] = facts_for(*requests, **kw).drugs
+    return drug
+
+
+# --- classification -------------------------------------------------------------------------------
+@pytest.mark.parametrize("system, code, display, ingredient, drug_class, matched_by", [
+    (RXNORM, "197901", "lorazepam 1 MG Oral Tablet", "lorazepam", "benzodiazepine", "valueset"),
+    (RXNORM, "6470", "lorazepam", "lorazepam", "benzodiazepine", "ingredient"),
+    (RXNORM, "563026", "Diazepam [Valium]", "diazepam", "benzodiazepine", "ingredient"),
+    (RXNORM, "1153378", "Clonazepam [Klonopin]", "clonazepam", "benzodiazepine", "ingredient"),
+    (RXNORM, "312941", "sertraline 50 MG Oral Tablet", "sertraline", "ssri", "valueset"),
+    (RXNORM, "1738495", "paroxetine hydrochloride 20 MG Oral Tablet", "paroxetine", "ssri", "valueset"),
+    (RXNORM, "310385", "fluoxetine 20 MG Oral Capsule", "fluoxetine", "ssri", "valueset"),
+    (RXNORM, "313583", "24 HR venlafaxine 37.5 MG Extended Release Oral Capsule", "venlafaxine", "snri", "valueset"),
+    (RXNORM, "312593", "prazosin 1 MG Oral Capsule", "prazosin", "prazosin", "valueset"),
+    (UNII, "KE1SEN21RM", "MDMA", "midomafetamine", "mdma", "ingredient"),
+])
+def test_classification_by_code(system, code, display, ingredient, drug_class, matched_by):
+    drug = one_drug(b.med_request(code, system, display=display))
+    assert (drug.ingredient, drug.drug_class, drug.matched_by) == (ingredient, drug_class, matched_by)
+    assert drug.code.code == code
+
+
+def test_code_match_beats_name_and_reports_the_matching_coding():
+    r = b.med_request("999", "http://hospital.example.org/drugs", text="Valium 5 mg")
+    r["medicationCodeableConcept"]["coding"].append(b.coding(RXNORM, "197591", "diazepam 5 MG Oral Tablet"))
+    drug = one_drug(r)
+    assert (drug.matched_by, drug.code.code, drug.label) == ("valueset", "197591", "Valium 5 mg")
+
+
+@pytest.mark.parametrize("text, ingredient, drug_class", [
+    ("Ativan 1 mg tablet", "lorazepam", "benzodiazepine"),
+    ("MDMA 80 mg capsule (study drug)", "midomafetamine", "mdma"),
+    ("midomafetamine", "midomafetamine", "mdma"),
+    ("PAXIL 20MG TAB", "paroxetine", "ssri"),
+])
+def test_name_fallback_with_local_code(text, ingredient, drug_class):
+    drug = one_drug(b.med_request("LOC-1", "http://hospital.example.org/drugs", text=text))
+    assert (drug.ingredient, drug.drug_class, drug.matched_by, drug.code) == (ingredient, drug_class, "name", None)
+    assert drug.label == text
+
+
+@pytest.mark.parametrize("text", ["desvenlafaxine 50 MG Oral Tablet", "Hydrochlorothiazide 25 MG", "escitalopram 10 MG"])
+def test_other_drugs_are_ignored(text):
+    assert facts_for(b.med_request(text=text)).drugs == []
+
+
+def test_contained_medication():
+    med = b.medication("197901", display="lorazepam 1 MG Oral Tablet", id="m1")
+    drug = one_drug(b.med_request(reference="#m1", contained=[med]))
+    assert (drug.ingredient, drug.matched_by, drug.label) == ("lorazepam", "valueset", "lorazepam 1 MG Oral Tablet")
+
+
+def test_referenced_medication_from_the_record():
+    med = b.medication(text="Klonopin 0.5 mg", system=None, id="m2")
+    r = b.med_request(reference="https://ehr.example.org/fhir/Medication/m2/_history/3")
+    drug = one_drug(r, medications={"Medication/m2": med})
+    assert (drug.ingredient, drug.matched_by) == ("clonazepam", "name")
+
+
+def test_unresolved_reference_falls_back_to_display():
+    drug = one_drug(b.med_request(reference="Medication/missing", reference_display="Xanax 0.25 mg"))
+    assert (drug.ingredient, drug.label) == ("alprazolam", "Xanax 0.25 mg")
+
+
+def test_malformed_referenced_medication_is_counted_and_display_used():
+    bad = {"resourceType": "Medication", "id": "m3", "code": "lorazepam"}
+    facts = facts_for(b.med_request(reference="Medication/m3", reference_display="Ativan"),
+                      medications={"Medication/m3": bad})
+    assert facts.drugs[0].ingredient == "lorazepam" and facts.skipped == {"Medication": 1}
+
+
+def test_referenced_medication_of_no_interest_is_not_validated():
+    other = {**b.medication("316049", display="Hydrochlorothiazide 25 MG", id="m4"), "unknownElement": 1}
+    facts = facts_for(b.med_request(reference="Medication/m4"), medications={"Medication/m4": other})
+    assert facts.drugs == [] and facts.skipped == {}
+
+
+def test_medication_with_bad_coding_shape_is_counted():
+    bad = {"resourceType": "Medication", "id": "m5", "code": {"coding": "197901"}}
+    facts = facts_for(b.med_request(reference="Medication/m5", reference_display="lorazepam 1 mg"),
+                      medications={"Medication/m5": bad})
+    assert facts.drugs[0].matched_by == "name" and facts.skipped == {"Medication": 1}
+
+
+# --- route ----------------------------------------------------------------------------------------
+def test_iv_midazolam_by_route():
+    drug = one_drug(b.med_request("6960", display="midazolam", dosage=[b.dosage(2, "mg", route="Intravenous")]))
+    assert drug.route == "Intravenous" and drug.systemic_non_procedural is False
+
+
+def test_rectal_diazepam_by_value_set_display():
+    # 801961 is "2 ML diazepam 5 MG/ML Rectal Gel" in the CDC value set; the record only says "Diazepam".
+    drug = one_drug(b.med_request("801961", display="Diazepam"))
+    assert drug.systemic_non_procedural is False
+
+
+def test_intranasal_midazolam_by_name():
+    drug = one_drug(b.med_request(text="midazolam 50 MG/ML Nasal Spray"))
+    assert drug.systemic_non_procedural is False
+
+
+def test_nasal_only_brand():
+    assert one_drug(b.med_request(text="Valtoco 10 mg")).systemic_non_procedural is False
+
+
+def test_injection_form_on_medication_resource():
+    med = b.medication(text="Lorazepam 2 mg/mL", system=None, id="m1", form="Injectable solution")
+    assert one_drug(b.med_request(reference="#m1", contained=[med])).systemic_non_procedural is False
+
+
+def test_oral_benzodiazepine_is_systemic():
+    drug = one_drug(b.med_request("197901", dosage=[b.dosage(1, "TAB", route="Oral route")]))
+    assert drug.systemic_non_procedural is True and drug.route == "Oral route"
+
+
+# --- current --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, current", [
+    ({"validity": (ago(30), ago(-30))}, True),
+    ({"validity": (ago(800), ago(-1))}, True),            # old order, validity still covers today
+    ({"validity": (ago(90), ago(10)), "authored": ago(90)}, False),  # ended
+    ({"validity": (ago(-5), ago(-30))}, False),           # starts in the future
+    ({"authored": ago(100)}, True),
+    ({"authored": ago(400)}, False),
+    ({"validity": (ago(100), None)}, True),               # no end, no authoredOn: validity start
+    ({"authored": ago(100), "status": "stopped"}, False),
+    ({"authored": ago(100), "status": "completed"}, False),
+    ({"authored": ago(100), "status": "on-hold"}, True),
+    ({}, False),                                          # no date at all
+])
+def test_current(kw, current):
+    assert one_drug(b.med_request("197901", **kw)).is_current is current
+
+
+def test_entered_in_error_orders_are_dropped():
+    assert facts_for(b.med_request("197901", status="entered-in-error", authored=ago(1))).drugs == []
+
+
+# --- draft orders ---------------------------------------------------------------------------------
+def drafts(hook, selections=()):
+    orders = [b.med_request("197901", id="d1", status="draft"), b.med_request("312941", id="d2", status="draft"),
+              {"resourceType": "NutritionOrder", "id": "n1", "status": "draft"}]
+    return extract_facts(b.record(draft_orders=orders, selections=selections), today=TODAY, hook=hook)
+
+
+def test_order_select_marks_only_selected_drafts():
+    facts = drafts("order-select", ["MedicationRequest/d2"])
+    assert [(d.reference, d.is_selected) for d in facts.draft_drugs] == [
+        ("MedicationRequest/d1", False), ("MedicationRequest/d2", True)]
+    assert all(d.is_draft_order and not d.is_current for d in facts.draft_drugs)
+    assert facts.drugs == [] and facts.ssri_trials == []
+
+
+def test_order_sign_selects_every_draft():
+    assert [d.is_selected for d in drafts("order-sign").draft_drugs] == [True, True]
+
+
+# --- daily dose -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("code, dosage, mg", [
+    ("312941", b.dosage(50, "mg"), 50),                                  # mg once daily
+    ("312941", b.dosage(25, "mg", frequency=2), 50),                      # twice a day
+    ("312941", b.dosage(2, "{tbl}"), 100),                                # tablets x 50 MG strength
+    ("312941", b.dosage(1, "TAB", frequency=1, period=12, period_unit="h"), 100),  # every 12 h
+    ("313583", b.dosage(2, "capsule"), 75),                               # 2 x 37.5 MG capsules
+    ("312941", b.dosage(0.1, "g"), 100),
+    ("312941", b.dosage(50000, "mcg"), 50),
+    ("312941", b.dosage(350, "mg", period=1, period_unit="wk"), 50),
+    ("312941", b.dosage(1), 50),                                          # unitless (Synthea): 1 tablet
+    ("312941", b.dosage(50, "mg", legacy=True), 50),                      # STU3 Dosage.doseQuantity
+    ("312941", b.dosage(50, "mg", frequency=None, period=None, period_unit=None, timing_code="BID"), 100),
+    ("861064", b.dosage(2.5, "mL"), 50),                                  # 20 MG/ML oral solution
+    ("312941", {"doseAndRate": [{"doseQuantity": {"value": 25, "unit": "mg"}}],
+                "timing": {"repeat": {"when": ["MORN", "HS"]}}}, 50),     # two times of day
+])
+def test_daily_dose(code, dosage, mg):
+    drug = one_drug(b.med_request(code, dosage=[dosage]))
+    assert drug.daily_dose_mg == pytest.approx(mg)
+
+
+@pytest.mark.parametrize("dosage", [
+    None,                                                                 # no dosageInstruction
+    [b.dosage(frequency=1)],                                              # no dose
+    [b.dosage(50, "mg", frequency=None, period=None, period_unit=None)],  # no timing: how often?
+    [b.dosage(1, "mg", as_needed=True)],                                  # as needed
+    [b.dosage(5, "puff")],                                                # unknown unit
+    [b.dosage(50, "mg", period_unit="fortnight")],                        # unknown period unit
+])
+def test_daily_dose_unknown(dosage):
+    drug = one_drug(b.med_request("312941", dosage=dosage))
+    assert drug.daily_dose_mg is None and drug.dose_text is None
+
+
+def test_tablets_need_a_strength_in_the_name():
+    assert one_drug(b.med_request("36437", display="sertraline", dosage=[b.dosage(1, "tablet")])).daily_dose_mg is None
+
+
+def test_strength_from_free_text_name():
+    drug = one_drug(b.med_request(text="Ativan 1 mg tablet", dosage=[b.dosage(2, "tablet", frequency=3)]))
+    assert drug.daily_dose_mg == 6
+
+
+def test_first_computable_instruction_is_used():
+    drug = one_drug(b.med_request("312941", dosage=[b.dosage(1, "mg", as_needed=True), b.dosage(100, "mg")]))
+    assert drug.daily_dose_mg == 100
+
+
+def test_dose_text():
+    assert one_drug(b.med_request("312941", dosage=[b.dosage(50, "mg")])).dose_text == "50 mg/day (50 mg, 1 × per day)"
+    drug = one_drug(b.med_request("313583", dosage=[b.dosage(1, "CAP", frequency=1, period=2, period_unit="d")]))
+    assert drug.dose_text == "18.75 mg/day (1 × 37.5 mg, 1 × every 2 d)"
+
+
+# --- trials ---------------------------------------------------------------------------------------
+PTSD = b.condition("47505003")
+
+
+def sertraline(mg: float, *, weeks: float | None = None, status: str = "completed", authored_days_ago: int = 200,
+               **kw):
+    start = TODAY - timedelta(days=authored_days_ago)
+    validity = (start.isoformat(), (start + timedelta(days=round(weeks * 7))).isoformat()) if weeks else None
+    return b.med_request("312941", authored=start.isoformat(), validity=validity, status=status,
+                         dosage=[b.dosage(mg, "mg")], **kw)
+
+
+def one_trial(*requests, conditions=()):
+    [trial] = facts_for(*requests, conditions=conditions).ssri_trials
+    return trial
+
+
+def test_adequate_trial_without_ptsd_has_not_failed():
+    trial = one_trial(sertraline(50, weeks=10))
+    assert trial.adequate and not trial.failed
+    assert trial.drug.trial_weeks == 10
+    assert "adequate" in trial.reason
+
+
+def test_adequate_trial_with_active_ptsd_has_failed():
+    trial = one_trial(sertraline(100, weeks=12), conditions=[PTSD])
+    assert trial.adequate and trial.failed and "PTSD still active" in trial.reason
+
+
+def test_too_short_trial():
+    trial = one_trial(sertraline(100, weeks=7), conditions=[PTSD])
+    assert not trial.adequate and not trial.failed
+
+
+def test_too_low_dose():
+    assert not one_trial(sertraline(25, weeks=12)).adequate
+
+
+def test_stopped_before_adequate_has_failed():
+    trial = one_trial(sertraline(50, weeks=3, status="stopped"))
+    assert not trial.adequate and trial.failed and "stopped" in trial.reason
+
+
+def test_current_order_runs_until_today():
+    trial = one_trial(sertraline(50, status="active", authored_days_ago=60))
+    assert trial.drug.trial_end == TODAY and trial.adequate
+
+
+def test_stopped_without_end_is_a_zero_length_trial():
+    trial = one_trial(sertraline(50, status="stopped", authored_days_ago=300))
+    assert trial.drug.trial_weeks == 0 and trial.failed
+
+
+def test_paroxetine_and_fluoxetine_thresholds():
+    parox = b.med_request("1738495", id="p", authored=ago(100), validity=(ago(100), ago(30)),
+                          status="completed", dosage=[b.dosage(1, "tablet")])
+    fluox = b.med_request("313990", id="f", authored=ago(100), validity=(ago(100), ago(30)),
+                          status="completed", dosage=[b.dosage(1, "tablet")])   # 10 MG < 20
+    trials = facts_for(parox, fluox).ssri_trials
+    assert [(t.drug.ingredient, t.adequate) for t in trials] == [("paroxetine", True), ("fluoxetine", False)]
+
+
+def test_no_trials_for_snri_or_drafts():
+    venlafaxine = b.med_request("313585", authored=ago(100), dosage=[b.dosage(1, "capsule")])
+    facts = extract_facts(b.record(medication_requests=[venlafaxine],
+                                   draft_orders=[b.med_request("312941", id="d", status="draft")]),
+                          today=TODAY, hook="order-sign")
+    assert facts.ssri_trials == [] and len(facts.drugs) == 1 and len(facts.draft_drugs) == 1
+
+
+# --- robustness -----------------------------------------------------------------------------------
+def test_malformed_requests_are_skipped_and_counted():
+    good = b.med_request("197901", id="good")
+    string_med = {**b.med_request(id="s1"), "medicationCodeableConcept": "lorazepam"}
+    dict_dosage = {**b.med_request("197901", id="s2"), "dosageInstruction": {"text": "1 tab"}}
+    bad_date = b.med_request("197901", id="s3", authored="yesterday")
+    no_subject = {k: v for k, v in b.med_request("197901", id="s4").items() if k != "subject"}
+    facts = facts_for(good, string_med, dict_dosage, bad_date, no_subject, 42)
+    assert [d.reference for d in facts.drugs] == ["MedicationRequest/good"]
+    assert facts.skipped == {"MedicationRequest": 5}
