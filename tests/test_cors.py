@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.builders import full_prefetch, hook_request
 
 ORIGIN = "https://sandbox.cds-hooks.org"
+DEV_ISSUERS = Path(__file__).resolve().parents[1] / "cds_service" / "data" / "dev-trusted-issuers.json"
 PATHS = ["/cds-services", "/cds-services/ptsd-patient-view", "/cds-services/ptsd-order-select/feedback"]
 
 
@@ -22,10 +24,8 @@ def preflight(client, path, method="POST"):
 
 @pytest.mark.spec("CORS-02")
 @pytest.mark.parametrize("path", PATHS)
-def test_preflight_is_answered_without_authentication(make_app, tmp_path, path):
-    issuers = tmp_path / "issuers.json"
-    issuers.write_text(json.dumps({"issuers": [{"iss": "https://ehr.example.org", "jwks": {"keys": []}}]}))
-    client = make_app(auth="required", trusted_issuers=str(issuers)).test_client()
+def test_preflight_is_answered_without_authentication(make_app, path):
+    client = make_app(auth="required", trusted_issuers=str(DEV_ISSUERS)).test_client()
     resp = preflight(client, path, "GET" if path == "/cds-services" else "POST")
     assert resp.status_code in (200, 204)
     assert resp.headers["Access-Control-Allow-Origin"] in ("*", ORIGIN)

@@ -26,7 +26,7 @@ def test_malformed_json_is_400_with_position(client):
 @pytest.mark.spec("REQ-02")
 @pytest.mark.parametrize("body", [[], "just a string", 42])
 def test_body_that_is_not_an_object_is_400(client, body):
-    assert "JSON object" in assert_outcome(post(client, URL, body), 400)
+    assert "JSON object" in assert_outcome(post(client, URL, json.dumps(body)), 400)
 
 
 @pytest.mark.spec("REQ-02")
