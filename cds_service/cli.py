@@ -56,13 +56,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _banner(settings: Settings, bind: str) -> str:
+def _issuer_lines(settings: Settings) -> list[str]:
+    """Trusted issuers as the authenticator sees them (also validates the file and its keys)."""
+    if not settings.auth_required:
+        return []
+    from cds_service.auth.jwt_auth import JwtAuthenticator
+    from cds_service.store import Store
+
+    return JwtAuthenticator(settings, Store(":memory:")).describe()
+
+
+def _banner(settings: Settings, bind: str, issuers: list[str] | None = None) -> str:
     lines = [f"ptsd-cds {_version()} on http://{bind}  (discovery: http://{bind}/cds-services)"]
     if settings.development:
         lines.append("DEVELOPMENT SETTINGS - not for patient data:")
     lines += ["  " + line for line in settings.describe()]
     if settings.auth_required:
         lines.append("Client authentication: REQUIRED (signed JWT from a trusted issuer on every call)")
+        lines += ["  trusted: " + line for line in issuers or []]
         if settings.development:
             lines.append("!! Trusting the CDS Hooks sandbox (https://sandbox.cds-hooks.org), whose private key is "
                          "public: DEVELOPMENT ONLY, never with real patient data !!")
@@ -85,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ.setdefault(key, value)
     settings = Settings.from_env()
     settings.validate()
-    print(_banner(settings, args.bind), file=sys.stderr, flush=True)
+    print(_banner(settings, args.bind, _issuer_lines(settings)), file=sys.stderr, flush=True)
 
     from gunicorn.app.base import BaseApplication
 
@@ -108,13 +119,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config() -> int:
     settings = Settings.from_env()
     settings.validate()
-    if settings.auth_required:
-        from cds_service.auth.issuers import load_trusted_issuers
-
-        issuers = load_trusted_issuers(settings.trusted_issuers)
-        print(f"trusted issuers: {len(issuers)}")
+    for line in _issuer_lines(settings):  # loads and checks the trusted issuers and their keys
+        print("trusted issuer: " + line)
     from cds_service.engine import Engine
+    from cds_service.patient_data.outbound import OutboundPolicy
 
+    OutboundPolicy(settings)  # checks PTSD_CDS_FHIR_SERVERS
     Engine(settings)  # loads and checks card content and terminology
     print("configuration OK")
     for line in settings.describe():
@@ -124,7 +134,8 @@ def _check_config() -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from cds_service.engine import Engine
-    from cds_service.patient_data.gather import DataUnavailable, gather_record
+    from cds_service.errors import ApiError
+    from cds_service.patient_data.gather import gather_record
     from cds_service.patient_data.outbound import OutboundPolicy
     from cds_service.schemas.request import CONTEXT_SCHEMAS, HookRequestSchema, flatten_errors
     from marshmallow import ValidationError
@@ -143,8 +154,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     overrides = {"auth": "off"} if "PTSD_CDS_AUTH" not in os.environ else {}
     settings = Settings.from_env().with_overrides(overrides)
     try:
-        record = gather_record(data, identity=ANONYMOUS, settings=settings, policy=OutboundPolicy(settings))
-    except DataUnavailable as exc:
+        policy = OutboundPolicy(settings)
+        record = gather_record(data, identity=ANONYMOUS, settings=settings, policy=policy,
+                               session_factory=policy.new_session)
+    except ApiError as exc:  # 412 data unavailable, 400 fhirServer refused
         print(f"ptsd-cds: {exc.message}", file=sys.stderr)
         return 1
     today = args.today or settings.today or date.today()

@@ -95,7 +95,8 @@ def call_service(service_id: str):
     body = _json_body()
     data = _validate_request(body, service)
     c = components()
-    record = gather_record(data, identity=g.identity, settings=c.settings, policy=c.outbound)
+    record = gather_record(data, identity=g.identity, settings=c.settings, policy=c.outbound,
+                           session_factory=c.outbound.new_session)
     today = c.settings.today or date.today()
     cards = c.engine.evaluate(service.hook, record, today)
     g.log["cards"] = len(cards)

@@ -25,7 +25,8 @@ from urllib.parse import quote
 
 from cds_service.errors import ApiError
 from cds_service.patient_data.fhir_client import Deadline, FhirClient, bundle_resources, next_link
-from cds_service.patient_data.outbound import FhirFetchError, FhirServerRefused, OutboundPolicy
+from cds_service.patient_data.outbound import (FhirAddressRefused, FhirFetchError, FhirServerRefused,
+                                               OutboundPolicy)
 from cds_service.patient_data.record import PatientRecord, Resource
 from cds_service.services import PREFETCH_KEYS, PrefetchKey
 
@@ -156,6 +157,11 @@ def _fetch_all(fhir: FhirClient, keys: list[PrefetchKey], context: dict[str, Any
                 return KeyResult(key, fhir.search(query).resources)
             resource = fhir.read(query)
             return KeyResult(key, [resource] if resource else [])
+        except FhirAddressRefused as exc:
+            # The fhirServer's name resolves to an address this service never calls
+            # (link-local, cloud metadata...): a bad request, not missing data.
+            raise ApiError(400, f"fhirServer refused: {exc}", code="security",
+                           expression=["fhirServer"]) from None
         except FhirFetchError as exc:
             return KeyResult(key, [], f"FHIR query failed: {exc}")
 
