@@ -102,8 +102,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
-            config_file = Path(__file__).resolve().parent / "gunicorn_conf.py"
-            self.load_config_from_file(str(config_file))
+            from cds_service import gunicorn_conf
+
+            for name in dir(gunicorn_conf):
+                if name in self.cfg.settings:
+                    self.cfg.set(name, getattr(gunicorn_conf, name))
             self.cfg.set("bind", [args.bind])
             self.cfg.set("workers", args.workers)
 
