@@ -1,0 +1,70 @@
+"""The guideline data the rules read (``guideline.toml``), loaded and checked once at import."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GUIDELINE_FILE = Path(__file__).with_name("guideline.toml")
+
+
+class GuidelineDataError(ValueError):
+    """guideline.toml has content the rules cannot run with (the message names the field)."""
+
+
+@dataclass(frozen=True)
+class DoseRange:
+    ingredient: str
+    min_mg: float
+    max_mg: float
+    source: str  # the label / trial it comes from
+    url: str
+
+    def contains(self, daily_mg: float) -> bool:
+        return self.min_mg <= daily_mg <= self.max_mg
+
+
+@dataclass(frozen=True)
+class Guideline:
+    next_step_order: tuple[str, ...]
+    independent_steps: tuple[str, ...]
+    never_taken_statuses: frozenset[str]
+    dose_ranges: dict[str, DoseRange]
+
+
+def _need(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """``table[key]`` checked for presence and type; ``where`` is "file: path.to.table"."""
+    if key not in table:
+        raise GuidelineDataError(f"{where}.{key} is missing")
+    value = table[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise GuidelineDataError(f"{where}.{key} has the wrong type")
+    return value
+
+
+def load_guideline(path: Path = GUIDELINE_FILE) -> Guideline:
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    top = f"{path.name}: $"
+    steps = _need(data, "next_step", dict, top)
+    order = tuple(_need(steps, "order", list, f"{path.name}: next_step"))
+    independent = tuple(_need(steps, "independent", list, f"{path.name}: next_step"))
+    history = _need(data, "medication_history", dict, top)
+    never = frozenset(_need(history, "never_taken_statuses", list, f"{path.name}: medication_history"))
+    ranges: dict[str, DoseRange] = {}
+    for ingredient, row in _need(data, "dose_ranges", dict, top).items():
+        where = f"{path.name}: dose_ranges.{ingredient}"
+        low = float(_need(row, "min_mg", (int, float), where))
+        high = float(_need(row, "max_mg", (int, float), where))
+        if not 0 < low < high:
+            raise GuidelineDataError(f"{where}: need 0 < min_mg < max_mg")
+        url = _need(row, "url", str, where)
+        if not url.startswith("https://"):
+            raise GuidelineDataError(f"{where}.url must be an absolute https URL")
+        ranges[ingredient] = DoseRange(ingredient, low, high, _need(row, "source", str, where), url)
+    return Guideline(order, independent, never, ranges)
+
+
+GUIDELINE = load_guideline()

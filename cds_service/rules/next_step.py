@@ -1,0 +1,211 @@
+"""patient-view, active PTSD: the one "next guideline step" card, and the nightmare card.
+
+The steps (issue #3) are tried in the order of ``guideline.toml`` ``next_step.order``; the first
+whose condition holds is the card shown:
+
+1. ``step-1-trauma-focused-psychotherapy`` — fewer than 9 trauma-focused sessions recorded
+   (``ClinicalFacts.adequate_psychotherapy``).
+2. ``step-2-ssri`` — no adequate SSRI trial and no failed one.
+4. ``step-4-venlafaxine`` — an SSRI trial failed and venlafaxine was never taken.
+5. ``step-5-combine`` — psychotherapy and an SSRI/venlafaxine never overlapped in time.
+6. ``step-6-specialized-referral`` — none of the above applies.
+
+``step-3-nightmares`` is independent of the ladder: active nightmares and prazosin never taken.
+
+How the SSRI steps read the trial facts (the ordering subtlety)
+----------------------------------------------------------------
+``SsriTrial.failed`` is "adequate and PTSD still active, or stopped before becoming adequate".
+The ladder only runs for active PTSD, so here every adequate trial is also a failed one:
+
+* step 2's "no adequate trial and none failed" is in practice "no failed trial";
+* a trial that is neither adequate nor failed is one still under way (current, not yet at the
+  minimum dose for 8 weeks): step 2 fires and its card names the drug and dose ("optimise");
+* a trial stopped early (e.g. not tolerated) is failed: step 4 (venlafaxine) is next, as the
+  seed's "if SSRI not tolerated, switch to venlafaxine";
+* should the facts stage ever report an adequate trial that has *not* failed (a responder), step 2
+  does not fire (an adequate trial exists) and step 4 does not fire (nothing failed), so the ladder
+  goes on to step 5 (combine psychotherapy with the optimised drug) — deliberately, not by accident.
+
+Venlafaxine alone does not satisfy step 2: issue #3 puts an SSRI trial first even though VA/DoD
+2023 recommends sertraline, paroxetine *or* venlafaxine (strong for); the step-2 card says so
+when the patient is on venlafaxine (flag ``on-venlafaxine``).
+
+"Taken" / "never taken" ignores cancelled, entered-in-error and draft requests (``common.tried``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from cds_service.facts.model import ClinicalFacts
+from cds_service.rules.common import drug_phrase, names, ptsd_values, tried
+from cds_service.rules.finding import Finding
+from cds_service.rules.knowledge import GUIDELINE
+
+STEP_1 = "step-1-trauma-focused-psychotherapy"
+STEP_2 = "step-2-ssri"
+STEP_3 = "step-3-nightmares"
+STEP_4 = "step-4-venlafaxine"
+STEP_5 = "step-5-combine"
+STEP_6 = "step-6-specialized-referral"
+
+
+# --- when does each step apply ---------------------------------------------------------------
+def needs_psychotherapy(facts: ClinicalFacts) -> bool:
+    return not facts.adequate_psychotherapy
+
+
+def needs_ssri(facts: ClinicalFacts) -> bool:
+    return not facts.adequate_ssri_trial and not facts.failed_ssri
+
+
+def needs_nightmare_treatment(facts: ClinicalFacts) -> bool:
+    return facts.has_active_nightmares and not tried(facts, "prazosin")
+
+
+def needs_venlafaxine(facts: ClinicalFacts) -> bool:
+    return facts.failed_ssri and not tried(facts, "venlafaxine")
+
+
+def needs_combination(facts: ClinicalFacts) -> bool:
+    return not facts.combined
+
+
+def needs_referral(facts: ClinicalFacts) -> bool:
+    return True  # last rung: reached only when every earlier step is done
+
+
+APPLIES: dict[str, Callable[[ClinicalFacts], bool]] = {
+    STEP_1: needs_psychotherapy,
+    STEP_2: needs_ssri,
+    STEP_3: needs_nightmare_treatment,
+    STEP_4: needs_venlafaxine,
+    STEP_5: needs_combination,
+    STEP_6: needs_referral,
+}
+
+
+# --- what each card shows ------------------------------------------------------------------
+def _current_antidepressants(facts: ClinicalFacts):
+    """Current SSRIs/SNRIs, the ``current_drugs`` value naming them and their flags."""
+    current = facts.current("ssri") + facts.current("snri")
+    if not current:
+        return current, {}, frozenset()
+    flags = {"on-antidepressant"}
+    if any(d.ingredient == "venlafaxine" for d in current):
+        flags.add("on-venlafaxine")
+    return current, {"current_drugs": "; ".join(drug_phrase(d) for d in current)}, frozenset(flags)
+
+
+def _psychotherapy(facts: ClinicalFacts, hook: str) -> Finding:
+    return Finding(
+        STEP_1, hook, "info",
+        conditions=tuple(facts.ptsd),
+        sessions=tuple(facts.sessions),
+        session_count=facts.session_count,
+        values={"session_count": str(facts.session_count), **ptsd_values(facts)},
+    )
+
+
+def _ssri(facts: ClinicalFacts, hook: str) -> Finding:
+    current, values, flags = _current_antidepressants(facts)
+    return Finding(
+        STEP_2, hook, "info",
+        conditions=tuple(facts.ptsd),
+        drugs=tuple(current),
+        ssri_trials=tuple(facts.ssri_trials),
+        sessions=tuple(facts.sessions),
+        session_count=facts.session_count,
+        values={**values, **ptsd_values(facts)},
+        flags=flags,
+        not_found=() if facts.ssri_trials else ("SSRI prescription (sertraline, paroxetine or fluoxetine)",),
+    )
+
+
+def _nightmares(facts: ClinicalFacts, hook: str) -> Finding:
+    return Finding(
+        STEP_3, hook, "info",
+        conditions=tuple(facts.ptsd) + tuple(facts.nightmares),
+        not_found=("prazosin prescription",),
+    )
+
+
+def _venlafaxine(facts: ClinicalFacts, hook: str) -> Finding:
+    failed = [t for t in facts.ssri_trials if t.failed]
+    current, values, flags = _current_antidepressants(facts)
+    return Finding(
+        STEP_4, hook, "info",
+        conditions=tuple(facts.ptsd),
+        drugs=tuple(current),
+        ssri_trials=tuple(failed),
+        sessions=tuple(facts.sessions),
+        session_count=facts.session_count,
+        values={"failed_ssri": names([t.drug for t in failed]), **values, **ptsd_values(facts)},
+        flags=flags,
+        not_found=("venlafaxine prescription",),
+    )
+
+
+def _pharmacotherapy(facts: ClinicalFacts):
+    return tuple(d for d in facts.drugs if d.drug_class == "ssri" or d.ingredient == "venlafaxine")
+
+
+def _treatment_history(topic: str, not_found: tuple[str, ...] = ()) -> Callable[[ClinicalFacts, str], Finding]:
+    """Steps 5 and 6 show the whole treatment history: sessions, SSRI trials, venlafaxine."""
+
+    def build(facts: ClinicalFacts, hook: str) -> Finding:
+        return Finding(
+            topic, hook, "info",
+            conditions=tuple(facts.ptsd),
+            drugs=_pharmacotherapy(facts),
+            ssri_trials=tuple(facts.ssri_trials),
+            sessions=tuple(facts.sessions),
+            session_count=facts.session_count,
+            values={"session_count": str(facts.session_count), **ptsd_values(facts)},
+            not_found=not_found,
+        )
+
+    return build
+
+
+BUILD: dict[str, Callable[[ClinicalFacts, str], Finding]] = {
+    STEP_1: _psychotherapy,
+    STEP_2: _ssri,
+    STEP_3: _nightmares,
+    STEP_4: _venlafaxine,
+    STEP_5: _treatment_history(
+        STEP_5, ("trauma-focused session dated within an SSRI or venlafaxine prescription period",)),
+    STEP_6: _treatment_history(STEP_6),
+}
+
+_unknown = [t for t in GUIDELINE.next_step_order + GUIDELINE.independent_steps if t not in APPLIES]
+if _unknown:  # guideline.toml names a step this module has no rule for
+    raise ImportError(f"guideline.toml next_step names steps without a rule: {_unknown}")
+
+
+def next_step(facts: ClinicalFacts, hook: str) -> Finding | None:
+    """The first step of the ladder that applies (None without active PTSD)."""
+    if not facts.has_active_ptsd:
+        return None
+    for topic in GUIDELINE.next_step_order:
+        if APPLIES[topic](facts):
+            return BUILD[topic](facts, hook)
+    return None
+
+
+def independent_steps(facts: ClinicalFacts, hook: str) -> list[Finding]:
+    if not facts.has_active_ptsd:
+        return []
+    return [BUILD[t](facts, hook) for t in GUIDELINE.independent_steps if APPLIES[t](facts)]
+
+
+def open_steps(facts: ClinicalFacts) -> tuple[str, ...]:
+    """Every step (ladder and independent) still to do, in step order; the referral step is
+    not "open" — it is what follows once nothing else is."""
+    topics = [t for t in GUIDELINE.next_step_order if t != STEP_6] + list(GUIDELINE.independent_steps)
+    todo = [t for t in topics if APPLIES[t](facts)]
+    return tuple(sorted(todo, key=step_number))
+
+
+def step_number(topic: str) -> int:
+    return int(topic.split("-")[1])

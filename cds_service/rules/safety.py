@@ -1,0 +1,95 @@
+"""Safety cards: benzodiazepines in PTSD, MDMA (midomafetamine), doses outside the usual range.
+
+* ``benzodiazepine-avoid`` — only with active PTSD, only systemic non-procedural benzodiazepines
+  (``DrugFact.systemic_non_procedural``: an injection, rectal or nasal benzodiazepine is procedural
+  sedation or seizure rescue). Order hooks: one ``critical`` card per offending draft order, with a
+  delete suggestion. patient-view: one ``warning`` card naming every current benzodiazepine.
+* ``mdma-investigational`` — any patient. Order hooks: one ``critical`` card per MDMA draft order;
+  patient-view: one ``warning`` card when MDMA is current in the record. For a patient with active
+  PTSD the card lists the guideline steps still open.
+* ``dose-out-of-range`` — only with active PTSD, order hooks only: a draft of sertraline,
+  paroxetine, venlafaxine or prazosin whose daily dose (mg) is known and outside the range in
+  ``guideline.toml``. A dose that cannot be worked out is not guessed at: no card.
+
+Order hooks look only at the selected drafts (order-select) or at every draft (order-sign); see
+``common.orders_to_check``.
+"""
+
+from __future__ import annotations
+
+from cds_service.facts.model import ClinicalFacts, DrugFact
+from cds_service.rules.common import daily_dose, mg, names, orders_to_check
+from cds_service.rules.finding import ORDER_HOOKS, PATIENT_VIEW, Finding
+from cds_service.rules.knowledge import GUIDELINE
+from cds_service.rules.next_step import open_steps
+
+BENZODIAZEPINE = "benzodiazepine-avoid"
+MDMA = "mdma-investigational"
+DOSE = "dose-out-of-range"
+
+
+def _order_values(drug: DrugFact) -> dict[str, str]:
+    return {"drug": drug.ingredient, "daily_dose": daily_dose(drug)}
+
+
+def benzodiazepine_avoid(hook: str, facts: ClinicalFacts) -> list[Finding]:
+    if not facts.has_active_ptsd:
+        return []
+    ptsd = tuple(facts.ptsd)
+    if hook == PATIENT_VIEW:
+        current = [d for d in facts.current("benzodiazepine") if d.systemic_non_procedural]
+        if not current:
+            return []
+        return [Finding(BENZODIAZEPINE, hook, "warning", conditions=ptsd, drugs=tuple(current),
+                        values={"drugs": names(current)})]
+    return [
+        Finding(BENZODIAZEPINE, hook, "critical", conditions=ptsd, drugs=(order,),
+                values=_order_values(order), target_order=order.reference)
+        for order in orders_to_check(hook, facts)
+        if order.drug_class == "benzodiazepine" and order.systemic_non_procedural
+    ]
+
+
+def mdma_investigational(hook: str, facts: ClinicalFacts) -> list[Finding]:
+    extra: dict = {"conditions": tuple(facts.ptsd)}
+    flags: set[str] = set()
+    if facts.has_active_ptsd:
+        steps = open_steps(facts)
+        extra["open_steps"] = steps
+        flags |= {"ptsd", "steps-open" if steps else "steps-done"}
+    if hook == PATIENT_VIEW:
+        current = facts.current("mdma")
+        if not current:
+            return []
+        return [Finding(MDMA, hook, "warning", drugs=tuple(current), values={"drugs": names(current)},
+                        flags=frozenset(flags), **extra)]
+    return [
+        Finding(MDMA, hook, "critical", drugs=(order,), values=_order_values(order),
+                flags=frozenset(flags), target_order=order.reference, **extra)
+        for order in orders_to_check(hook, facts)
+        if order.drug_class == "mdma"
+    ]
+
+
+def dose_out_of_range(hook: str, facts: ClinicalFacts) -> list[Finding]:
+    if hook not in ORDER_HOOKS or not facts.has_active_ptsd:
+        return []
+    findings = []
+    for order in orders_to_check(hook, facts):
+        limits = GUIDELINE.dose_ranges.get(order.ingredient)
+        if limits is None or order.daily_dose_mg is None or limits.contains(order.daily_dose_mg):
+            continue
+        direction = "above" if order.daily_dose_mg > limits.max_mg else "below"
+        values = {
+            **_order_values(order),
+            "direction": direction,
+            "dose_range": f"{mg(limits.min_mg)}–{mg(limits.max_mg)} mg/day",
+        }
+        # flags pick the card paragraphs: the drug's own dosing statement and the direction.
+        findings.append(Finding(DOSE, hook, "warning", conditions=tuple(facts.ptsd), drugs=(order,),
+                                values=values, flags=frozenset({direction, order.ingredient}),
+                                target_order=order.reference))
+    return findings
+
+
+SAFETY_RULES = (benzodiazepine_avoid, mdma_investigational, dose_out_of_range)

@@ -1,0 +1,209 @@
+"""Every fixture request through the whole engine (facts -> rules -> cards): which cards, in order.
+
+The table is the behaviour the fixtures were written to show (fixtures/README.md). Each rendered
+card must also list, under "Why this card", the record facts that made it fire.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from cds_service.config import REPO_ROOT, Settings
+from cds_service.engine import Engine
+from cds_service.patient_data.gather import gather_record
+from cds_service.patient_data.outbound import OutboundPolicy
+from cds_service.schemas.response import validate_response
+
+TODAY = date(2026, 11, 28)
+FIXTURES = REPO_ROOT / "fixtures"
+REQUESTS = FIXTURES / "requests"
+PATIENTS = FIXTURES / "patients"
+SERVICE_IDS = {"patient-view": "ptsd-patient-view", "order-select": "ptsd-order-select",
+               "order-sign": "ptsd-order-sign"}
+
+BENZO, MDMA, DOSE = "benzodiazepine-avoid", "mdma-investigational", "dose-out-of-range"
+S1, S2, S3, S4, S5, S6 = ("step-1-trauma-focused-psychotherapy", "step-2-ssri", "step-3-nightmares",
+                          "step-4-venlafaxine", "step-5-combine", "step-6-specialized-referral")
+
+# fixture request -> [(topic, indicator), ...] in the order the engine must return them
+TABLE: dict[str, list[tuple[str, str]]] = {
+    # patient-view: the next-step ladder
+    "ptsd-new.patient-view": [(S1, "info")],
+    "ptsd-benzo-therapy.patient-view": [(BENZO, "warning"), (S1, "info")],
+    "ptsd-therapy-done.patient-view": [(S2, "info")],  # + current midazolam injection: ignored
+    "ptsd-ssri-underway.patient-view": [(S2, "info")],
+    "ptsd-ssri-failed-nightmares.patient-view": [(S4, "info"), (S3, "info")],
+    "ptsd-not-combined.patient-view": [(S5, "info")],
+    "ptsd-all-done.patient-view": [(S6, "info")],
+    "ptsd-mdma.patient-view": [(MDMA, "warning"), (S1, "info")],
+    "mdma-no-ptsd.patient-view": [(MDMA, "warning")],
+    # patient-view: must stay silent
+    "benzo-no-ptsd.patient-view": [],
+    "ptsd-resolved.patient-view": [],
+    "acute-stress.patient-view": [],
+    # order-select: only selected drafts count
+    "ptsd-benzo-therapy.select-lorazepam": [(BENZO, "critical")],
+    "ptsd-new.select-sertraline-with-unselected-lorazepam": [],
+    "ptsd-new.select-paroxetine-10": [(DOSE, "warning")],
+    "ptsd-new.select-midazolam-injection": [],
+    "ptsd-new.select-mdma": [(MDMA, "critical")],
+    "ptsd-ssri-failed-nightmares.select-venlafaxine-450": [(DOSE, "warning")],
+    "benzo-no-ptsd.select-mdma": [(MDMA, "critical")],
+    "acute-stress.select-lorazepam": [],
+    # order-sign: every draft counts
+    "ptsd-new.sign-sertraline-300-and-prazosin-2": [(DOSE, "warning")],
+    "ptsd-new.sign-lorazepam-and-diazepam": [(BENZO, "critical"), (BENZO, "critical")],
+    "ptsd-ssri-failed-nightmares.sign-prazosin-30": [(DOSE, "warning")],
+    "ptsd-mdma.sign-mdma": [(MDMA, "critical")],
+    "benzo-no-ptsd.sign-clonazepam": [],
+    "ptsd-resolved.sign-alprazolam": [],
+}
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return Settings(auth="off", env="development")
+
+
+@pytest.fixture(scope="module")
+def engine(settings) -> Engine:
+    return Engine(settings)
+
+
+def load(name: str) -> dict:
+    return json.loads((REQUESTS / f"{name}.json").read_text())
+
+
+def record_of(body: dict, settings: Settings):
+    return gather_record(body, identity=None, settings=settings, policy=OutboundPolicy(settings))
+
+
+def run(engine: Engine, settings: Settings, name: str):
+    body = load(name)
+    record = record_of(body, settings)
+    return body, engine.findings(body["hook"], record, TODAY), engine.evaluate(body["hook"], record, TODAY)
+
+
+def test_every_fixture_request_is_in_the_table():
+    assert {p.stem for p in REQUESTS.glob("*.json")} == set(TABLE)
+
+
+def test_every_card_kind_is_shown_by_some_fixture(engine):
+    shown = {topic for rows in TABLE.values() for topic, _ in rows}
+    assert shown == set(engine.cards.topics)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_fixture_gives_the_expected_cards(engine, settings, name):
+    body, findings, cards = run(engine, settings, name)
+    assert [(c["source"]["topic"]["code"], c["indicator"]) for c in cards] == TABLE[name]
+    assert validate_response({"cards": cards}) == []
+    # the same evaluation again: same cards in the same order (only the uuids differ)
+    again = engine.evaluate(body["hook"], record_of(body, settings), TODAY)
+    assert [(c["summary"], c["detail"]) for c in again] == [(c["summary"], c["detail"]) for c in cards]
+    assert len({c["uuid"] for c in cards + again}) == 2 * len(cards)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, rows in TABLE.items() if rows))
+def test_each_card_lists_the_record_facts_that_made_it_fire(engine, settings, name):
+    _body, findings, cards = run(engine, settings, name)
+    assert len(findings) == len(cards)
+    for finding, card in zip(findings, cards):
+        why = card["detail"].split("### Why this card", 1)[1].split("### Sources", 1)[0]
+        for c in finding.conditions:
+            assert c.code.code in why and c.reference in why, (name, c)
+            assert (c.clinical_status or "") in why
+        for d in finding.drugs:
+            assert d.reference in why and d.ingredient in why and (d.status or "") in why, (name, d)
+            if d.daily_dose_mg is not None:
+                assert f"{d.daily_dose_mg:g} mg" in why, (name, d)
+            if d.authored_on:
+                assert d.authored_on.isoformat() in why
+        for t in finding.ssri_trials:
+            assert t.drug.reference in why and ("adequate" in why)
+        if finding.session_count is not None:
+            assert f"sessions found:** {finding.session_count}" in why
+        assert finding.conditions or finding.drugs, "a card with no evidence"
+
+
+def test_card_details_name_the_specifics(engine, settings):
+    def card(name, topic):
+        return next(c for c in run(engine, settings, name)[2] if c["source"]["topic"]["code"] == topic)
+
+    assert "found in this record: **3**" in card("ptsd-benzo-therapy.patient-view", S1)["detail"]
+    assert card("ptsd-benzo-therapy.patient-view", S1)["summary"].startswith("PTSD: 3 trauma-focused")
+    assert "**sertraline 25 mg/day**" in card("ptsd-ssri-underway.patient-view", S2)["detail"]
+    assert "suggestions" not in card("ptsd-ssri-underway.patient-view", S2)
+    assert len(card("ptsd-therapy-done.patient-view", S2)["suggestions"]) == 2
+    assert "(sertraline)" in card("ptsd-ssri-failed-nightmares.patient-view", S4)["summary"]
+    assert "300 mg/day" in card("ptsd-new.sign-sertraline-300-and-prazosin-2", DOSE)["summary"]
+    assert "above" in card("ptsd-new.sign-sertraline-300-and-prazosin-2", DOSE)["summary"]
+    assert "below" in card("ptsd-new.select-paroxetine-10", DOSE)["summary"]
+    assert "Steps still open" in card("ptsd-new.select-mdma", MDMA)["detail"]
+    assert "Steps still open" not in card("benzo-no-ptsd.select-mdma", MDMA)["detail"]
+    benzo = card("ptsd-benzo-therapy.select-lorazepam", BENZO)
+    assert [a["resourceId"] for s in benzo["suggestions"] for a in s["actions"]] == ["MedicationRequest/d-lorazepam"]
+    assert [r["code"] for r in benzo["overrideReasons"]] == [
+        "procedural-short-term", "seizure-or-alcohol-withdrawal", "taper-in-progress", "patient-declined-alternatives"]
+    pv = card("ptsd-benzo-therapy.patient-view", BENZO)
+    assert "Do not stop abruptly" in pv["detail"] and "suggestions" not in pv
+
+
+def test_one_card_per_offending_order_in_order_of_the_order_id(engine, settings):
+    _body, findings, cards = run(engine, settings, "ptsd-new.sign-lorazepam-and-diazepam")
+    assert [f.target_order for f in findings] == ["MedicationRequest/d-diazepam", "MedicationRequest/d-lorazepam"]
+    assert [c["suggestions"][0]["actions"][0]["resourceId"] for c in cards] == [f.target_order for f in findings]
+
+
+def test_no_patient_name_reaches_a_card(engine, settings):
+    body = load("ptsd-benzo-therapy.patient-view")
+    body["prefetch"]["patient"]["name"] = [{"family": "Zyxwvutson", "given": ["Quentina"]}]
+    cards = engine.evaluate("patient-view", record_of(body, settings), TODAY)
+    assert cards and "Zyxwvutson" not in json.dumps(cards) and "Quentina" not in json.dumps(cards)
+
+
+# --- the fixtures themselves ------------------------------------------------------------------
+def _resources(bundle: dict) -> list[dict]:
+    return [e["resource"] for e in bundle.get("entry", [])]
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_request_fixture_matches_its_patient_and_the_hook_shapes(name):
+    body = load(name)
+    context = body["context"]
+    patient = json.loads((PATIENTS / f"{context['patientId']}.json").read_text())
+    expected = sorted((r["resourceType"], r["id"]) for r in _resources(patient))
+    prefetch = body["prefetch"]
+    got = [(prefetch["patient"]["resourceType"], prefetch["patient"]["id"])]
+    for key in ("conditions", "medications", "procedures"):
+        assert prefetch[key]["resourceType"] == "Bundle" and prefetch[key]["type"] == "searchset"
+        got += [(r["resourceType"], r["id"]) for r in _resources(prefetch[key])]
+    assert sorted(got) == expected  # the prefetch is exactly the patient's record
+    assert "name" not in prefetch["patient"]
+    if body["hook"] == "patient-view":
+        assert "draftOrders" not in context and "selections" not in context
+        return
+    drafts = context["draftOrders"]
+    assert "type" not in drafts and all("fullUrl" not in e for e in drafts["entry"])  # sandbox shape
+    assert all(r["status"] == "draft" for r in _resources(drafts))
+    if body["hook"] == "order-sign":
+        assert "selections" not in context
+    else:
+        ids = {f"{r['resourceType']}/{r['id']}" for r in _resources(drafts)}
+        assert context["selections"] and set(context["selections"]) <= ids
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_fixture_through_the_http_service(make_app, name):
+    """The same table through Flask (request schema, prefetch, engine, response)."""
+    body = load(name)
+    client = make_app().test_client()
+    resp = client.post(f"/cds-services/{SERVICE_IDS[body['hook']]}", json=body)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    data = resp.get_json()
+    assert validate_response(data) == []
+    assert [(c["source"]["topic"]["code"], c["indicator"]) for c in data["cards"]] == TABLE[name]
