@@ -1,0 +1,53 @@
+"""The ptsd-cds console script: evaluate a request offline, check the configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cds_service.cli import main
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "requests"
+
+
+def test_evaluate_prints_the_cards_of_a_request(capsys):
+    assert main(["evaluate", str(FIXTURES / "ptsd-benzo-therapy.select-lorazepam.json"), "--today", "2026-11-28"]) == 0
+    cards = json.loads(capsys.readouterr().out)["cards"]
+    assert [c["source"]["topic"]["code"] for c in cards] == ["benzodiazepine-avoid"]
+
+
+def test_evaluate_reports_an_invalid_request(tmp_path, capsys):
+    request = tmp_path / "bad.json"
+    request.write_text(json.dumps({"hook": "patient-view", "context": {}}))
+    assert main(["evaluate", str(request)]) == 1
+    assert "hookInstance" in capsys.readouterr().err
+
+
+def test_evaluate_without_data_says_what_is_missing(tmp_path, capsys):
+    request = tmp_path / "no-data.json"
+    request.write_text(json.dumps({"hook": "patient-view", "hookInstance": "x",
+                                   "context": {"userId": "Practitioner/1", "patientId": "p1"}}))
+    assert main(["evaluate", str(request)]) == 1
+    assert "conditions" in capsys.readouterr().err
+
+
+def test_check_config_accepts_the_development_settings(monkeypatch, capsys):
+    monkeypatch.setenv("PTSD_CDS_AUTH", "required")
+    monkeypatch.setenv("PTSD_CDS_TRUSTED_ISSUERS", str(Path(__file__).resolve().parents[1]
+                                                        / "cds_service" / "data" / "dev-trusted-issuers.json"))
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "configuration OK" in out and "sandbox.cds-hooks.org" in out
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"PTSD_CDS_AUTH": "required"}, "PTSD_CDS_TRUSTED_ISSUERS"),
+    ({"PTSD_CDS_AUTH": "off", "PTSD_CDS_FHIR_SERVERS": "ftp://fhir.example.org"}, "PTSD_CDS_FHIR_SERVERS"),
+])
+def test_check_config_fails_with_a_clear_message(monkeypatch, capsys, env, needle):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["check-config"]) == 2
+    assert needle in capsys.readouterr().err
