@@ -38,17 +38,24 @@ def scenarios() -> dict[str, tuple[str, dict]]:
         "order-sign": ("ptsd-order-sign", hook_request("order-sign", prefetch=full_prefetch(
             conditions=[ptsd_condition()]), drafts=[lorazepam(), sertraline()])),
     }
-    big = [ptsd_condition()]
-    for i in range(700):
-        big.append({**ptsd_condition(f"c{i}"), "code": {"coding": [
-            {"system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertension"}]}})
-    meds = [med_request(f"m{i}", "197901" if i % 50 == 0 else "312941", "x", status="completed",
-                        authored="2015-01-01", dose_mg=50) for i in range(700)]
+    # A long record: 2,000 resources, most of them unrelated to the rules (as in real charts).
+    conditions = [ptsd_condition()] + [
+        {**ptsd_condition(f"c{i}"), "code": {"text": "Essential hypertension"}} for i in range(699)]
+    meds = [med_request(f"m{i}", "312941", "sertraline 50 MG Oral Tablet", status="completed",
+                        authored="2015-01-01", dose_mg=50) if i % 20 == 0 else
+            {"resourceType": "MedicationRequest", "id": f"m{i}", "status": "completed", "intent": "order",
+             "medicationCodeableConcept": {"text": "Lisinopril 10 MG Oral Tablet"},
+             "subject": {"reference": "Patient/pat-1"}, "authoredOn": "2015-01-01"} for i in range(700)]
     procs = [{"resourceType": "Procedure", "id": f"p{i}", "status": "completed",
               "code": {"text": "Prolonged exposure therapy session" if i % 20 == 0 else "Dental cleaning"},
               "subject": {"reference": "Patient/pat-1"}, "performedDateTime": "2025-01-01"} for i in range(600)]
-    out["big"] = ("ptsd-patient-view", hook_request("patient-view", prefetch=full_prefetch(
-        conditions=big, medications=meds, procedures=procs)))
+    out["2000 resources"] = ("ptsd-patient-view", hook_request("patient-view", prefetch=full_prefetch(
+        conditions=conditions, medications=meds, procedures=procs)))
+    # Worst case: 700 orders that all need reading closely (every one an SSRI or benzodiazepine).
+    heavy = [med_request(f"h{i}", "197901" if i % 50 == 0 else "312941", "x", status="completed",
+                         authored="2015-01-01", dose_mg=50) for i in range(700)]
+    out["700 drug orders"] = ("ptsd-patient-view", hook_request("patient-view", prefetch=full_prefetch(
+        conditions=[ptsd_condition()], medications=heavy)))
     samples = sorted(SYNTHEA.glob("*.json"), key=lambda p: p.stat().st_size) if SYNTHEA.is_dir() else []
     if samples:
         bundle = json.loads(samples[-1].read_text())
