@@ -28,6 +28,8 @@ import requests
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
+from cds_service.http_body import BodyTooLarge, read_capped
+
 log = logging.getLogger("ptsd_cds.auth")
 
 MAX_JWKS_BYTES = 512 * 1024
@@ -251,17 +253,15 @@ class JwksFetcher:
         try:
             if resp.status_code != 200:
                 raise JwksError(f"{url}: HTTP {resp.status_code} (redirects are not followed)")
-            body = bytearray()
-            for chunk in resp.iter_content(chunk_size=16 * 1024):
-                body += chunk
-                if len(body) > self.max_bytes:
-                    raise JwksError(f"{url}: larger than {self.max_bytes} bytes")
+            body = read_capped(resp, self.max_bytes)
+        except BodyTooLarge:
+            raise JwksError(f"{url}: larger than {self.max_bytes} bytes") from None
         except requests.RequestException as exc:
             raise JwksError(f"{url}: could not be read ({type(exc).__name__})") from None
         finally:
             resp.close()
         try:
-            doc = json.loads(bytes(body))
+            doc = json.loads(body)
         except (ValueError, RecursionError):
             raise JwksError(f"{url}: not JSON") from None
         return parse_jwks(doc, strict=False, where=url)

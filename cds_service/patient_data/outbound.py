@@ -53,6 +53,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as urllib3_connection
 
 from cds_service.config import ConfigError
+from cds_service.http_body import BodyTooLarge, read_capped
 
 Resolver = Callable[..., list]
 
@@ -447,23 +448,16 @@ class OutboundPolicy:
                                      status=resp.status_code)
             if resp.status_code != 200:
                 raise FhirFetchError(f"FHIR server answered HTTP {resp.status_code}", status=resp.status_code)
-            declared = resp.headers.get("Content-Length")
-            if declared is not None and declared.strip().isdigit() and int(declared) > cap:
-                raise FhirFetchError("FHIR response too large")
-            body = bytearray()
             try:
-                for chunk in resp.iter_content(chunk_size=self.CHUNK):
-                    body += chunk
-                    if len(body) > cap:
-                        raise FhirFetchError("FHIR response too large")
-            except FhirFetchError:
-                raise
+                body = read_capped(resp, cap, self.CHUNK)
+            except BodyTooLarge:
+                raise FhirFetchError("FHIR response too large") from None
             except requests.RequestException as exc:
                 raise FhirFetchError(f"FHIR response could not be read ({type(exc).__name__})") from None
         finally:
             resp.close()
         try:
-            data = json.loads(bytes(body))
+            data = json.loads(body)
         except (ValueError, RecursionError):
             raise FhirFetchError("FHIR server answered with something that is not JSON") from None
         if not isinstance(data, dict):
