@@ -59,6 +59,9 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
         settings = Settings.from_env().with_overrides(config)
         settings.validate()
     logs.configure(settings.log_level)
+    if settings.auth_required and not settings.public_url:
+        log.warning("PTSD_CDS_PUBLIC_URL is not set: the JWT audience is checked against the Host "
+                    "header of each request; set it to the external base URL in production")
 
     app = Flask("cds_service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body

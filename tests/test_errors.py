@@ -162,3 +162,12 @@ def test_errors_never_echo_patient_data(client):
     resp = post(client, URL, body)
     assert_outcome(resp, 400)
     assert "Jane" not in resp.get_data(as_text=True)
+
+
+def test_security_headers_and_no_debug_mode(app, client):
+    assert app.debug is False
+    resp = client.get("/cds-services")
+    for header in ("X-Content-Type-Options", "Content-Security-Policy", "Cache-Control", "Referrer-Policy"):
+        assert header in resp.headers
+    error = client.post("/cds-services/nope", data="{}", content_type="application/json")
+    assert error.headers["X-Content-Type-Options"] == "nosniff"
