@@ -310,9 +310,26 @@ def test_no_trials_for_snri_or_drafts():
 def test_malformed_requests_are_skipped_and_counted():
     good = b.med_request("197901", id="good")
     string_med = {**b.med_request(id="s1"), "medicationCodeableConcept": "lorazepam"}
-    dict_dosage = {**b.med_request("197901", id="s2"), "dosageInstruction": {"text": "1 tab"}}
-    bad_date = b.med_request("197901", id="s3", authored="yesterday")
-    no_subject = {k: v for k, v in b.med_request("197901", id="s4").items() if k != "subject"}
-    facts = facts_for(good, string_med, dict_dosage, bad_date, no_subject, 42)
+    unreadable_code = {**b.med_request(id="s5"), "medicationCodeableConcept": {"coding": "197901"}}
+    facts = facts_for(good, string_med, unreadable_code, 42)
     assert [d.reference for d in facts.drugs] == ["MedicationRequest/good"]
-    assert facts.skipped == {"MedicationRequest": 5}
+    assert facts.skipped == {"MedicationRequest": 3}
+
+
+def test_a_drug_order_with_other_malformed_elements_is_still_recognised():
+    """Safety first: a benzodiazepine order whose dose, date or subject is malformed still counts
+    (only the elements that validate on their own are read); a bad dose gives no dose."""
+    dict_dosage = {**b.med_request("197901", id="s2"), "dosageInstruction": {"text": "1 tab"}}
+    bad_date = b.med_request("197901", id="s3", authored="yesterday", dosage=[b.dosage(2, "mg")])
+    no_subject = {k: v for k, v in b.med_request("197901", id="s4").items() if k != "subject"}
+    object_rate = {**b.med_request("197901", id="s6"),
+                   "dosageInstruction": [{"doseAndRate": {"doseQuantity": {"value": 1, "unit": "mg"}}}]}
+    facts = facts_for(hook="order-sign", draft_orders=[dict_dosage, bad_date, no_subject, object_rate])
+    assert [(d.reference, d.ingredient) for d in facts.draft_drugs] == [
+        ("MedicationRequest/s2", "lorazepam"), ("MedicationRequest/s3", "lorazepam"),
+        ("MedicationRequest/s4", "lorazepam"), ("MedicationRequest/s6", "lorazepam")]
+    by_id = {d.reference: d for d in facts.draft_drugs}
+    assert by_id["MedicationRequest/s3"].authored_on is None
+    assert by_id["MedicationRequest/s3"].daily_dose_mg == 2.0  # its dosage was valid
+    assert by_id["MedicationRequest/s6"].daily_dose_mg is None  # its dosage was not
+    assert facts.skipped == {"MedicationRequest (partly read)": 4}

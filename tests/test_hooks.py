@@ -115,3 +115,14 @@ def test_hook_library_examples_are_accepted(client, name):
             "context": example["context"], "prefetch": full_prefetch()}
     result = assert_conformant(call(client, f"ptsd-{hook}", body))
     assert "benzodiazepine-avoid" not in topics(result)
+
+
+def test_a_benzodiazepine_order_with_an_odd_dose_shape_is_still_warned_about(client):
+    """The CDS Hooks spec's own example writes doseAndRate as an object; the order must not slip through."""
+    order = lorazepam()
+    order["dosageInstruction"][0]["doseAndRate"] = order["dosageInstruction"][0]["doseAndRate"][0]
+    del order["subject"]
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[order])
+    result = assert_conformant(call(client, "ptsd-order-sign", body))
+    assert topics(result) == ["benzodiazepine-avoid"]
+    assert "lorazepam" in result["cards"][0]["summary"]

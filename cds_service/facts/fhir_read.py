@@ -190,3 +190,14 @@ def validate(resource: Resource, contained: Iterable[Resource] = ()) -> None:
         model.model_validate(trimmed)
     except (ValidationError, ValueError, TypeError):
         raise Malformed(f"{rtype} failed FHIR R4B validation") from None
+
+
+def element_is_valid(model: Any, value: Any) -> bool:
+    """Whether one element (a datatype or backbone element) validates with its R4B model."""
+    if not isinstance(value, dict):
+        return False
+    try:
+        model.model_validate(value)
+    except (ValidationError, ValueError, TypeError):
+        return False
+    return True

@@ -40,9 +40,15 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Iterable
 
+from fhir.resources.R4B.codeableconcept import CodeableConcept
+from fhir.resources.R4B.dosage import Dosage
+from fhir.resources.R4B.medicationrequest import MedicationRequestDispenseRequest
+from fhir.resources.R4B.reference import Reference
+
 from cds_service.facts.dosing import daily_dose
 from cds_service.facts.fhir_read import (
     Malformed, Resource, SkipCounter, as_dict, as_list, as_str, codings, concept_label, concept_texts,
+    element_is_valid,
     parse_date, reference_of, validate,
 )
 from cds_service.facts.model import Code, DrugFact
@@ -243,6 +249,51 @@ def _for_validation(request: Resource) -> Resource:
     return {**request, "dosageInstruction": cleaned}
 
 
+_ELEMENT_MODELS = {
+    "medicationCodeableConcept": CodeableConcept,
+    "medicationReference": Reference,
+    "dispenseRequest": MedicationRequestDispenseRequest,
+}
+
+
+def validated_view(request: Resource, contained: list[Resource], skipped: SkipCounter) -> Resource:
+    """The parts of a classified MedicationRequest that may be read.
+
+    The whole request when it validates. Otherwise (safety first: a benzodiazepine or MDMA order
+    must not go unnoticed because, say, its dose was written in an odd shape or its subject is
+    missing) only the elements that validate on their own: the medication element must, each
+    dosage instruction and the dispense request are kept only if they do. Status, intent and
+    dates are read defensively either way. Raises Malformed when the medication itself is unreadable.
+    """
+    try:
+        validate(_for_validation(request), contained)
+        return request
+    except Malformed:
+        pass
+    for item in contained:
+        validate(item)
+    view: Resource = {k: request[k] for k in ("resourceType", "id", "contained") if k in request}
+    view.update((k, request[k]) for k in ("status", "intent") if isinstance(request.get(k), str))
+    try:
+        if parse_date(request.get("authoredOn")) is not None:
+            view["authoredOn"] = request["authoredOn"]
+    except Malformed:
+        pass
+    for key, model in _ELEMENT_MODELS.items():
+        if key in request and element_is_valid(model, request[key]):
+            view[key] = request[key]
+        elif key.startswith("medication") and key in request:
+            raise Malformed("MedicationRequest medication element failed FHIR R4B validation")
+    raw_dosages = request.get("dosageInstruction")
+    raw_dosages = raw_dosages if isinstance(raw_dosages, list) else []
+    cleaned = _for_validation({"dosageInstruction": raw_dosages})["dosageInstruction"]
+    dosages = [d for d, clean in zip(raw_dosages, cleaned) if element_is_valid(Dosage, clean)]
+    if dosages:
+        view["dosageInstruction"] = dosages
+    skipped.skip("MedicationRequest (partly read)")
+    return view
+
+
 def read_medication_request(request: Resource, medications: dict[str, Resource], term: Terminology,
                             ctx: OrderContext, skipped: SkipCounter) -> DrugFact | None:
     """A DrugFact for one MedicationRequest, or None when it is not a drug of interest. Raises Malformed."""
@@ -252,7 +303,7 @@ def read_medication_request(request: Resource, medications: dict[str, Resource],
     if classified is None:
         return None
     match, code = classified
-    validate(_for_validation(request), info.contained)
+    request = validated_view(request, info.contained, skipped)
     status = as_str(request.get("status"))
     if status == "entered-in-error":
         return None
