@@ -99,8 +99,9 @@ def test_malformed_procedure_is_skipped_and_counted():
     bad_date = b.procedure("emdr", PSYCHOTHERAPY, id="s2", performed="last week")
     good = b.procedure("emdr", PSYCHOTHERAPY, id="good")
     facts = extract_facts(b.record(procedures=[string_code, bad_date, good, []]), today=TODAY, hook="patient-view")
-    assert [s.reference for s in facts.sessions] == ["Procedure/good"]
-    assert facts.skipped == {"Procedure": 3}
+    assert [s.reference for s in facts.sessions] == ["Procedure/s2", "Procedure/good"]
+    assert facts.sessions[0].performed is None  # the bad date is not read; the session still counts
+    assert facts.skipped == {"Procedure": 2, "Procedure (partly read)": 1}
 
 
 # --- combined -------------------------------------------------------------------------------------

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from fhir.resources.R4B.codeableconcept import CodeableConcept
+from fhir.resources.R4B.period import Period
+
 from cds_service.facts.fhir_read import (
-    Malformed, Resource, SkipCounter, codings, concept_text, first_code, parse_date, reference_of, validate,
+    Malformed, Resource, SkipCounter, codings, concept_text, first_code, parse_date, reference_of,
+    validated_view,
 )
 from cds_service.facts.model import Code, ConditionFact
 from cds_service.facts.terminology import Terminology
@@ -57,14 +61,25 @@ def _fact(condition: Resource, kind: str, coding: dict) -> ConditionFact:
     )
 
 
-def read_condition(condition: Resource, term: Terminology) -> list[ConditionFact]:
+_ELEMENT_MODELS = {
+    "code": CodeableConcept,
+    "clinicalStatus": CodeableConcept,
+    "verificationStatus": CodeableConcept,
+    "onsetPeriod": Period,
+}
+
+
+def read_condition(condition: Resource, term: Terminology, skipped: SkipCounter | None = None) -> list[ConditionFact]:
     """Facts for one Condition (empty when it does not match or is not active). Raises Malformed."""
     if not isinstance(condition, dict):
         raise Malformed("not an object")
     matches = _matches(condition, term)
     if not matches:
         return []
-    validate(condition)
+    # An unreadable status is not guessed at (absent would mean active): the Condition is skipped.
+    condition = validated_view(condition, elements=_ELEMENT_MODELS, strings=(),
+                               required=("code", "clinicalStatus", "verificationStatus"),
+                               dates=("onsetDateTime", "recordedDate"), skipped=skipped or SkipCounter())
     if not is_active(condition):
         return []
     return [_fact(condition, kind, coding) for kind, coding in sorted(matches.items())]
@@ -78,7 +93,7 @@ def extract_conditions(
     nightmares: list[ConditionFact] = []
     for condition in conditions:
         try:
-            facts = read_condition(condition, term)
+            facts = read_condition(condition, term, skipped)
         except Exception:  # noqa: BLE001 - a bad resource must never fail the hook call
             skipped.skip("Condition")
             continue

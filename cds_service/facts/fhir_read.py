@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from datetime import date
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.medication import Medication
@@ -201,3 +201,46 @@ def element_is_valid(model: Any, value: Any) -> bool:
     except (ValidationError, ValueError, TypeError):
         return False
     return True
+
+
+def validated_view(resource: Resource, *, elements: Mapping[str, Any], required: Iterable[str],
+                   strings: Iterable[str] = ("status",), dates: Iterable[str] = (),
+                   skipped: SkipCounter, contained: Iterable[Resource] = ()) -> Resource:
+    """The parts of a candidate resource that may be read.
+
+    The whole resource when it validates with fhir.resources R4B. Otherwise (safety first: a PTSD
+    diagnosis or a benzodiazepine order must not go unnoticed because an element the rules do
+    not need is malformed) a view of only the elements that are sound on their own: each element
+    of ``elements`` that validates with its R4B datatype model, each of ``strings`` that is a
+    string, each of ``dates`` that parses. Raises Malformed when a ``required`` element (the
+    code that made the resource a candidate) is unreadable. Counted as "<type> (partly read)".
+    """
+    contained = list(contained)
+    try:
+        validate(resource, contained)
+        return resource
+    except Malformed:
+        pass
+    for item in contained:
+        validate(item)
+    rtype = resource.get("resourceType")
+    view: Resource = {k: resource[k] for k in ("resourceType", "id") if k in resource}
+    if contained:
+        view["contained"] = contained
+    view.update((k, resource[k]) for k in strings if isinstance(resource.get(k), str))
+    for key in dates:
+        try:
+            if parse_date(resource.get(key)) is not None:
+                view[key] = resource[key]
+        except Malformed:
+            pass
+    required = set(required)
+    for key, model in elements.items():
+        if key not in resource:
+            continue
+        if element_is_valid(model, resource[key]):
+            view[key] = resource[key]
+        elif key in required:
+            raise Malformed(f"{rtype}.{key} failed FHIR R4B validation")
+    skipped.skip(f"{rtype} (partly read)")
+    return view

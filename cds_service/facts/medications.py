@@ -48,7 +48,7 @@ from fhir.resources.R4B.reference import Reference
 from cds_service.facts.dosing import daily_dose
 from cds_service.facts.fhir_read import (
     Malformed, Resource, SkipCounter, as_dict, as_list, as_str, codings, concept_label, concept_texts,
-    element_is_valid,
+    element_is_valid, validated_view,
     parse_date, reference_of, validate,
 )
 from cds_service.facts.model import Code, DrugFact
@@ -256,41 +256,26 @@ _ELEMENT_MODELS = {
 }
 
 
-def validated_view(request: Resource, contained: list[Resource], skipped: SkipCounter) -> Resource:
-    """The parts of a classified MedicationRequest that may be read.
+def readable_request(request: Resource, contained: list[Resource], skipped: SkipCounter) -> Resource:
+    """The parts of a classified MedicationRequest that may be read (see ``validated_view``).
 
-    The whole request when it validates. Otherwise (safety first: a benzodiazepine or MDMA order
-    must not go unnoticed because, say, its dose was written in an odd shape or its subject is
-    missing) only the elements that validate on their own: the medication element must, each
-    dosage instruction and the dispense request are kept only if they do. Status, intent and
-    dates are read defensively either way. Raises Malformed when the medication itself is unreadable.
+    When the request as a whole does not validate, each dosage instruction is kept only if it
+    validates on its own: a dose written in an odd shape gives no dose, not a missed order.
     """
     try:
         validate(_for_validation(request), contained)
         return request
     except Malformed:
         pass
-    for item in contained:
-        validate(item)
-    view: Resource = {k: request[k] for k in ("resourceType", "id", "contained") if k in request}
-    view.update((k, request[k]) for k in ("status", "intent") if isinstance(request.get(k), str))
-    try:
-        if parse_date(request.get("authoredOn")) is not None:
-            view["authoredOn"] = request["authoredOn"]
-    except Malformed:
-        pass
-    for key, model in _ELEMENT_MODELS.items():
-        if key in request and element_is_valid(model, request[key]):
-            view[key] = request[key]
-        elif key.startswith("medication") and key in request:
-            raise Malformed("MedicationRequest medication element failed FHIR R4B validation")
-    raw_dosages = request.get("dosageInstruction")
-    raw_dosages = raw_dosages if isinstance(raw_dosages, list) else []
-    cleaned = _for_validation({"dosageInstruction": raw_dosages})["dosageInstruction"]
-    dosages = [d for d, clean in zip(raw_dosages, cleaned) if element_is_valid(Dosage, clean)]
+    view = validated_view(request, elements=_ELEMENT_MODELS, skipped=skipped, contained=contained,
+                          required=("medicationCodeableConcept", "medicationReference"),
+                          strings=("status", "intent"), dates=("authoredOn",))
+    raw = request.get("dosageInstruction")
+    raw = raw if isinstance(raw, list) else []
+    cleaned = _for_validation({"dosageInstruction": raw})["dosageInstruction"]
+    dosages = [d for d, clean in zip(raw, cleaned) if element_is_valid(Dosage, clean)]
     if dosages:
         view["dosageInstruction"] = dosages
-    skipped.skip("MedicationRequest (partly read)")
     return view
 
 
@@ -303,7 +288,7 @@ def read_medication_request(request: Resource, medications: dict[str, Resource],
     if classified is None:
         return None
     match, code = classified
-    request = validated_view(request, info.contained, skipped)
+    request = readable_request(request, info.contained, skipped)
     status = as_str(request.get("status"))
     if status == "entered-in-error":
         return None

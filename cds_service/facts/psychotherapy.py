@@ -25,8 +25,11 @@ from typing import Iterable
 
 from cds_service.facts.fhir_read import (
     Malformed, Resource, SkipCounter, codings, concept_label, concept_texts, parse_date, reference_of,
-    validate,
+    validated_view,
 )
+from fhir.resources.R4B.codeableconcept import CodeableConcept
+from fhir.resources.R4B.period import Period
+
 from cds_service.facts.model import Code, MatchedBy, TherapyKind, TherapySession
 from cds_service.facts.terminology import Terminology
 
@@ -53,7 +56,10 @@ def _performed(procedure: Resource) -> date | None:
     return parse_date(procedure.get("performedDateTime")) or parse_date(period.get("start"))
 
 
-def read_procedure(procedure: Resource, term: Terminology) -> TherapySession | None:
+_ELEMENT_MODELS = {"code": CodeableConcept, "performedPeriod": Period}
+
+
+def read_procedure(procedure: Resource, term: Terminology, skipped: SkipCounter | None = None) -> TherapySession | None:
     """A session for one Procedure, or None. Raises Malformed."""
     if not isinstance(procedure, dict):
         raise Malformed("not an object")
@@ -63,7 +69,8 @@ def read_procedure(procedure: Resource, term: Terminology) -> TherapySession | N
     therapy = coded[0] if coded else _by_text(procedure, term)
     if therapy is None:
         return None
-    validate(procedure)
+    procedure = validated_view(procedure, elements=_ELEMENT_MODELS, required=("code",),
+                               dates=("performedDateTime",), skipped=skipped or SkipCounter())
     return TherapySession(
         reference=reference_of(procedure),
         therapy=therapy,
@@ -79,7 +86,7 @@ def extract_sessions(procedures: Iterable[Resource], term: Terminology, skipped:
     sessions = []
     for procedure in procedures:
         try:
-            session = read_procedure(procedure, term)
+            session = read_procedure(procedure, term, skipped)
         except Exception:  # noqa: BLE001 - a bad resource must never fail the hook call
             skipped.skip("Procedure")
             continue
