@@ -8,10 +8,11 @@ then in the rules' topic order, then by the order they concern.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from cds_service.facts import extract_facts
+from cds_service.facts import extract_facts, warm_up
 from cds_service.facts.terminology import Terminology
 from cds_service.patient_data.record import PatientRecord
 from cds_service.rendering import CardLibrary
@@ -29,15 +30,31 @@ def card_order(finding: Finding) -> tuple:
     )
 
 
+@dataclass
+class Outcome:
+    """The cards of one evaluation, and how many resources could not be read (no patient data)."""
+
+    cards: list[dict[str, Any]]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
 class Engine:
     def __init__(self, settings):
         self.settings = settings
         self.cards = CardLibrary.load(settings.cards_dir, topics=TOPICS)
         self.terminology = Terminology.load(settings.site_code_map)
+        warm_up()  # build the fhir.resources validators now, not on the first hook call
 
     def findings(self, hook: str, record: PatientRecord, today: date) -> list[Finding]:
+        return self.run_rules(hook, record, today)[0]
+
+    def run_rules(self, hook: str, record: PatientRecord, today: date) -> tuple[list[Finding], dict[str, int]]:
         facts = extract_facts(record, today=today, hook=hook, terminology=self.terminology)
-        return sorted(evaluate_rules(hook, facts), key=card_order)
+        return sorted(evaluate_rules(hook, facts), key=card_order), facts.skipped
+
+    def run(self, hook: str, record: PatientRecord, today: date) -> Outcome:
+        findings, skipped = self.run_rules(hook, record, today)
+        return Outcome([self.cards.render(f, patient_id=record.patient_id) for f in findings], skipped)
 
     def evaluate(self, hook: str, record: PatientRecord, today: date) -> list[dict[str, Any]]:
-        return [self.cards.render(f, patient_id=record.patient_id) for f in self.findings(hook, record, today)]
+        return self.run(hook, record, today).cards

@@ -59,7 +59,7 @@ def test_an_internal_error_is_500_without_details(app, caplog, monkeypatch):
     def explode(*args, **kwargs):
         raise ValueError("patient Zelda Quux has no card")
 
-    monkeypatch.setattr(app.extensions["ptsd_cds"].engine, "evaluate", explode)
+    monkeypatch.setattr(app.extensions["ptsd_cds"].engine, "run", explode)
     body = hook_request("patient-view", prefetch=full_prefetch())
     resp = app.test_client().post("/cds-services/ptsd-patient-view", data=json.dumps(body),
                                   content_type="application/json")
@@ -68,3 +68,12 @@ def test_an_internal_error_is_500_without_details(app, caplog, monkeypatch):
     assert "Zelda" not in resp.get_data(as_text=True) and "Traceback" not in resp.get_data(as_text=True)
     assert "Zelda" not in caplog.text
     assert any("ValueError" in r.getMessage() for r in caplog.records if r.name == "ptsd_cds.app")
+
+
+def test_unreadable_resources_are_counted_in_the_log_line(client, caplog):
+    caplog.set_level(logging.INFO, logger="ptsd_cds")
+    broken = {**ptsd_condition("c-bad"), "code": "F43.10"}
+    body = hook_request("patient-view", prefetch=full_prefetch(conditions=[ptsd_condition(), broken]))
+    client.post("/cds-services/ptsd-patient-view", data=json.dumps(body), content_type="application/json")
+    (line,) = access_lines(caplog)
+    assert line["unreadable"] == {"Condition": 1}

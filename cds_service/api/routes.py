@@ -98,9 +98,13 @@ def call_service(service_id: str):
     record = gather_record(data, identity=g.identity, settings=c.settings, policy=c.outbound,
                            session_factory=c.outbound.new_session)
     today = c.settings.today or date.today()
-    cards = c.engine.evaluate(service.hook, record, today)
-    g.log["cards"] = len(cards)
-    return jsonify({"cards": cards})
+    outcome = c.engine.run(service.hook, record, today)
+    g.log["cards"] = len(outcome.cards)
+    if outcome.skipped:
+        g.log["unreadable"] = outcome.skipped  # resource counts only, no patient data
+    if record.missing:
+        g.log["unavailable"] = record.missing
+    return jsonify({"cards": outcome.cards})
 
 
 @bp.post("/cds-services/<service_id>/feedback")
