@@ -236,6 +236,10 @@ def _codings(value: Any) -> Iterable[dict[str, Any]]:
             yield from _codings(item)
 
 
+# Kinds of document whose web address may be missing (never invented): see cards/shared.toml.
+URL_OPTIONAL_KINDS = ("service-rule", "study", "trial")
+
+
 def _is_absolute(url: str) -> bool:
     return re.match(r"^https?://[^/\s]+\S*$", url) is not None
 
@@ -521,7 +525,7 @@ def _load_documents(shared: _Table) -> dict[str, Document]:
         kind = t.text("kind")
         if kind not in KINDS:
             raise t.error("kind", f"must be one of {list(KINDS)}")
-        url = t.text("url", required=kind != "service-rule")
+        url = t.text("url", required=kind not in URL_OPTIONAL_KINDS)
         if url is not None and not _is_absolute(url):
             raise t.error("url", "must be an absolute http(s) URL")
         t.text("where")  # where GUIDELINE-FACTS cites it: required, for reviewers

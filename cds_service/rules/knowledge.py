@@ -20,7 +20,7 @@ class DoseRange:
     min_mg: float
     max_mg: float
     source: str  # the label / trial it comes from
-    url: str
+    url: str | None  # its web address, when one is on file (never made up)
 
     def contains(self, daily_mg: float) -> bool:
         return self.min_mg <= daily_mg <= self.max_mg
@@ -60,8 +60,8 @@ def load_guideline(path: Path = GUIDELINE_FILE) -> Guideline:
         high = float(_need(row, "max_mg", (int, float), where))
         if not 0 < low < high:
             raise GuidelineDataError(f"{where}: need 0 < min_mg < max_mg")
-        url = _need(row, "url", str, where)
-        if not url.startswith("https://"):
+        url = row.get("url")
+        if url is not None and not (isinstance(url, str) and url.startswith("https://")):
             raise GuidelineDataError(f"{where}.url must be an absolute https URL")
         ranges[ingredient] = DoseRange(ingredient, low, high, _need(row, "source", str, where), url)
     return Guideline(order, independent, never, ranges)
