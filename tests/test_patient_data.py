@@ -218,3 +218,17 @@ def test_medication_reference_is_resolved_on_the_fhir_server(client):
         result = assert_conformant(call(client, body, "ptsd-order-sign"))
         assert rsps.calls[0].request.headers["Authorization"] == "Bearer tok"
     assert topics(result) == ["benzodiazepine-avoid"]
+
+
+def test_an_unresolvable_medication_reference_does_not_fail_a_fully_prefetched_call(client):
+    """Optional look-ups never turn a complete prefetch into an error: a fhirServer that may not be
+    called (here: not on the allow-list) just leaves the reference to its display text."""
+    order = lorazepam()
+    del order["medicationCodeableConcept"]
+    order["medicationReference"] = {"reference": "Medication/med-9", "display": "Ativan 1 mg tablet"}
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[order],
+                        fhir_server="https://fhir.not-allowed.example/r4")
+    with responses.RequestsMock() as rsps:
+        result = assert_conformant(call(client, body, "ptsd-order-sign"))
+        assert len(rsps.calls) == 0
+    assert topics(result) == ["benzodiazepine-avoid"]  # recognised from the display text

@@ -221,7 +221,11 @@ def _resolve_medications(record: PatientRecord, get_client, settings) -> None:
             wanted.add(reference)
     if not wanted or get_client is None:
         return
-    fhir = get_client()
+    try:
+        fhir = get_client()
+    except ApiError as exc:  # fhirServer not allowed: optional data, so the call goes on without it
+        log.info("Medication references left unresolved: %s", exc.message)
+        return
     if fhir is None:
         return
 
