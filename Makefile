@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run run-sandbox-auth test bench check-config evaluate clean
+.PHONY: install run run-sandbox-auth test bench spec-coverage check-config evaluate clean
 
 install: $(STAMP)
 
@@ -29,6 +29,9 @@ test: $(STAMP)
 ## Measure latency and throughput (prints figures; never part of `make test`).
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py
+
+spec-coverage: $(STAMP)
+	$(BIN)/python scripts/spec_coverage.py
 
 check-config: $(STAMP)
 	$(BIN)/ptsd-cds check-config

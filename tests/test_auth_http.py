@@ -22,7 +22,7 @@ ISS = "https://ehr.example.org"
 FHIR = "https://fhir.example.org/fhir"
 SERVICE = "/cds-services/ptsd-patient-view"
 
-pytestmark = pytest.mark.spec("JWT-02 JWT-06 JWT-10")
+pytestmark = pytest.mark.spec("JWT-02 JWT-06 JWT-10 DISC-07 FB-06")
 
 
 @pytest.fixture(scope="module")

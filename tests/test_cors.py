@@ -36,8 +36,9 @@ def test_preflight_is_answered_without_authentication(make_app, path):
     assert client.get("/cds-services").status_code == 401
 
 
-@pytest.mark.spec("CORS-02 (HAPI starter #717: POST lacked CORS)")
+@pytest.mark.spec("CORS-02")
 def test_post_responses_carry_cors_headers(client):
+    """POST answers carry CORS headers too (hapi-fhir-jpaserver-starter#717 lacked them)."""
     body = hook_request("patient-view", prefetch=full_prefetch())
     resp = client.post("/cds-services/ptsd-patient-view", data=json.dumps(body),
                        content_type="application/json", headers={"Origin": ORIGIN})

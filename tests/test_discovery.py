@@ -13,7 +13,7 @@ ALLOWED_TOKENS = {"{{context.patientId}}", "{{context.userId}}", "{{context.enco
                   "{{userRelatedPersonId}}"}
 
 
-@pytest.mark.spec("DISC-01 DISC-02 DISC-04")
+@pytest.mark.spec("DISC-01 DISC-02 DISC-04 DISC-06")
 def test_discovery_lists_the_three_services_with_required_fields(client):
     resp = client.get("/cds-services")
     assert resp.status_code == 200

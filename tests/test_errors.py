@@ -76,8 +76,8 @@ def test_draft_orders_that_are_not_a_bundle_are_400(client):
     assert "draftOrders" in assert_outcome(post(client, "/cds-services/ptsd-order-sign", body), 400)
 
 
-@pytest.mark.spec("LIB order-select userId")
 def test_order_hooks_need_a_practitioner_user(client):
+    """Hook library: order-select/order-sign userId is a Practitioner or PractitionerRole (CHECKLIST §7.2-7.3)."""
     body = hook_request("order-sign", prefetch=full_prefetch(), drafts=[lorazepam()])
     body["context"]["userId"] = "Patient/pat-1"
     assert "userId" in assert_outcome(post(client, "/cds-services/ptsd-order-sign", body), 400)

@@ -26,7 +26,7 @@ def post(client, body, url=URL):
     return client.post(url, data=json.dumps(body), content_type="application/json")
 
 
-@pytest.mark.spec("FB-02 FB-03 FB-08")
+@pytest.mark.spec("FB-01 FB-02 FB-03 FB-07 FB-08")
 def test_feedback_round_trip_is_stored(app):
     client = app.test_client()
     resp = post(client, {"feedback": [ACCEPTED, OVERRIDDEN]})

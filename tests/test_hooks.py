@@ -18,7 +18,7 @@ def call(client, service, body):
     return client.post(f"/cds-services/{service}", data=json.dumps(body), content_type="application/json")
 
 
-@pytest.mark.spec("RESP-01 RESP-02")
+@pytest.mark.spec("RESP-01 RESP-02 ERR-01 GEN-02 GEN-03")
 def test_patient_view_for_a_ptsd_patient_names_one_next_step(client):
     body = hook_request("patient-view", prefetch=full_prefetch(conditions=[ptsd_condition()]))
     result = assert_conformant(call(client, "ptsd-patient-view", body))
@@ -46,8 +46,8 @@ def test_order_select_warns_on_a_selected_benzodiazepine(client):
     assert [a["resourceId"] for a in deletes] == ["MedicationRequest/mr-lorazepam"]
 
 
-@pytest.mark.spec("LIB order-select: focus on selections")
 def test_order_select_ignores_drafts_that_were_not_selected(client):
+    """Hook library order-select: decision support focuses on the selected orders (CHECKLIST §7.2)."""
     body = hook_request("order-select", prefetch=full_prefetch(conditions=[ptsd_condition()]),
                         drafts=[lorazepam(), sertraline()], selections=["MedicationRequest/mr-sertraline"])
     assert "benzodiazepine-avoid" not in topics(assert_conformant(call(client, "ptsd-order-select", body)))
@@ -94,7 +94,7 @@ def test_empty_searchset_bundles_mean_no_data(client):
     assert assert_conformant(call(client, "ptsd-patient-view", body)) == {"cards": []}
 
 
-@pytest.mark.spec("CARD uuid FB-04")
+@pytest.mark.spec("FB-04")
 def test_every_card_and_suggestion_has_a_fresh_uuid(client):
     body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]),
                         drafts=[lorazepam("a"), lorazepam("b")])

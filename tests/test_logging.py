@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 import responses
 
 from tests.builders import PATIENT_ID, full_prefetch, hook_request, patient, ptsd_condition, searchset
@@ -17,6 +18,7 @@ def access_lines(caplog):
     return [r.fields for r in caplog.records if r.name == "ptsd_cds.access"]
 
 
+@pytest.mark.spec("REQ-06")
 def test_one_line_per_call_with_the_call_facts(client, caplog):
     caplog.set_level(logging.INFO, logger="ptsd_cds")
     body = hook_request("patient-view", prefetch=full_prefetch(conditions=[ptsd_condition()]))
@@ -37,6 +39,7 @@ def test_error_calls_are_logged_with_the_reason(client, caplog):
     assert line["status"] == 400 and "not valid JSON" in line["error"]
 
 
+@pytest.mark.spec("FA-03")
 def test_logs_never_hold_the_token_or_patient_data(client, caplog):
     caplog.set_level(logging.DEBUG)
     condition = ptsd_condition()
@@ -53,6 +56,7 @@ def test_logs_never_hold_the_token_or_patient_data(client, caplog):
     assert SECRET not in text and "Zelda" not in text and "flashbacks" not in text
 
 
+@pytest.mark.spec("ERR-03 ERR-06")
 def test_an_internal_error_is_500_without_details(app, caplog, monkeypatch):
     caplog.set_level(logging.INFO)
 

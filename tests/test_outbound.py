@@ -35,7 +35,7 @@ TOKEN = "secret-access-token-123"
 TIMEOUT = (1.0, 2.0)
 CLIENT = ClientIdentity(iss="https://ehr.example.org", fhir_servers=(BASE,))
 
-pytestmark = pytest.mark.spec("SEC-01, FA-02, FA-03, PF-14")
+pytestmark = pytest.mark.spec("SEC-01 FA-02 FA-03 PF-14")
 
 
 def make_settings(**overrides) -> Settings:
