@@ -59,7 +59,7 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
         settings = Settings.from_env().with_overrides(config)
         settings.validate()
     logs.configure(settings.log_level)
-    if settings.auth_required and not settings.public_url:
+    if settings.auth_required and not settings.public_url and not settings.development:
         log.warning("PTSD_CDS_PUBLIC_URL is not set: the JWT audience is checked against the Host "
                     "header of each request; set it to the external base URL in production")
 
