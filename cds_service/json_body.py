@@ -37,6 +37,23 @@ def nesting_depth(raw: bytes) -> int:
     return max(accumulate(memoryview(brackets).cast("b")))
 
 
+def read_body(request, max_body: int) -> bytes:
+    """The request body, or 413 when it is larger than ``max_body`` bytes.
+
+    With a Content-Length, Werkzeug refuses an oversized body before reading it. A chunked body
+    (no Content-Length) is read up to one byte past the cap, so it is refused too rather than
+    silently cut short.
+    """
+    if request.content_length is not None:
+        return request.get_data(cache=False)  # MAX_CONTENT_LENGTH -> 413
+    stream = request.environ.get("wsgi.input")
+    raw = stream.read(max_body + 1) if stream is not None else b""
+    if len(raw) > max_body:
+        raise ApiError(413, "The request body is larger than this service accepts (PTSD_CDS_MAX_BODY)",
+                       code="too-costly")
+    return raw
+
+
 def parse_json_body(raw: bytes, mimetype: str | None, *, max_depth: int) -> Any:
     if not is_json_content_type(mimetype):
         raise ApiError(415, "Content-Type must be application/json (CDS Hooks requests are JSON)",

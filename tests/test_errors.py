@@ -171,3 +171,20 @@ def test_security_headers_and_no_debug_mode(app, client):
         assert header in resp.headers
     error = client.post("/cds-services/nope", data="{}", content_type="application/json")
     assert error.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_oversized_chunked_body_is_413_not_truncated(make_app):
+    """A body without Content-Length (chunked) is measured as it is read, not cut at the cap."""
+    import io
+
+    client = make_app(max_body=2048).test_client()
+    body = hook_request("patient-view", prefetch=full_prefetch())
+    body["extension"] = {"org.example.padding": "x" * 4096}
+    raw = json.dumps(body).encode()
+    resp = client.post(URL, input_stream=io.BytesIO(raw), content_type="application/json",
+                       headers={"Transfer-Encoding": "chunked"})
+    assert "PTSD_CDS_MAX_BODY" in assert_outcome(resp, 413)
+    small = json.dumps(hook_request("patient-view", prefetch=full_prefetch())).encode()
+    ok = make_app().test_client().post(URL, input_stream=io.BytesIO(small), content_type="application/json",
+                                       headers={"Transfer-Encoding": "chunked"})
+    assert ok.status_code == 200
