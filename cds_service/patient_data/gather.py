@@ -181,13 +181,17 @@ _BUCKETS = {
 def _distribute(record: PatientRecord, resources: list[Resource]) -> None:
     """Put each resource where the facts stage looks for it (by resourceType), once per id."""
     seen = {(r.get("resourceType"), r.get("id")) for bucket in _BUCKETS.values()
-            for r in getattr(record, bucket) if r.get("id")}
+            for r in getattr(record, bucket) if isinstance(r.get("id"), str)}
     for resource in resources:
         rtype = resource.get("resourceType")
         rid = resource.get("id")
+        if not isinstance(rtype, str):
+            continue  # not a FHIR resource
+        if not isinstance(rid, str):
+            rid = None  # a malformed id: kept (the facts stage decides), never used as a key
         if rtype == "Patient":
             record.patient = resource
-        elif rtype == "Medication" and isinstance(rid, str):
+        elif rtype == "Medication" and rid is not None:
             record.medications[f"Medication/{rid}"] = resource
         elif rtype in _BUCKETS:
             if rid is not None and (rtype, rid) in seen:
