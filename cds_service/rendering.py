@@ -225,15 +225,16 @@ def _resource_strings(value: Any, where: str) -> Iterable[tuple[str, str]]:
             yield from _resource_strings(item, f"{where}[{i}]")
 
 
-def _codings(value: Any) -> Iterable[dict[str, Any]]:
+def iter_codings(value: Any) -> Iterable[dict[str, Any]]:
+    """Every Coding-shaped object (has system and code) anywhere inside a JSON value."""
     if isinstance(value, dict):
         if "system" in value and "code" in value:
             yield value
         for item in value.values():
-            yield from _codings(item)
+            yield from iter_codings(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _codings(item)
+            yield from iter_codings(item)
 
 
 # Kinds of document whose web address may be missing (never invented): see cards/shared.toml.
@@ -748,7 +749,7 @@ def _check_resource(a: _Table, resource: dict[str, Any], check_fields) -> None:
         raise CardContentError(f"{where}.subject: must be {{ reference = \"Patient/{{patient_id}}\" }}")
     for text, place in _resource_strings(resource, where):
         check_fields(text, place)
-    for coding in _codings(resource):
+    for coding in iter_codings(resource):
         system = coding.get("system")
         if isinstance(system, str) and system.startswith(BASE) and system not in PROJECT_SYSTEMS:
             raise CardContentError(f"{where}: unknown project code system {system!r}")

@@ -12,7 +12,7 @@ import pytest
 
 from cds_service.codesystems import CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY
 from cds_service.config import REPO_ROOT
-from cds_service.rendering import BUILTIN, CardContentError, CardLibrary, RenderError, md_escape
+from cds_service.rendering import BUILTIN, CardContentError, CardLibrary, RenderError, iter_codings, md_escape
 from cds_service.rules import TOPICS, Finding, evaluate_rules
 from cds_service.rules.knowledge import GUIDELINE
 from cds_service.schemas.response import validate_response
@@ -112,7 +112,7 @@ def test_suggested_resources_use_only_verified_codes(library):
     for card in library.cards.values():
         for s in card.suggestions:
             for action in s.actions:
-                for coding in _codings(action.resource or {}):
+                for coding in iter_codings(action.resource or {}):
                     if coding["system"] == "http://unitsofmeasure.org":
                         continue  # a dose unit, not a clinical code
                     seen += 1
@@ -123,15 +123,6 @@ def test_suggested_resources_use_only_verified_codes(library):
     assert seen >= 6
 
 
-def _codings(value):
-    if isinstance(value, dict):
-        if "system" in value and "code" in value:
-            yield value
-        for v in value.values():
-            yield from _codings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _codings(v)
 
 
 def test_dose_card_states_each_checked_range_with_its_source(library):

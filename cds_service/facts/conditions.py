@@ -22,7 +22,7 @@ from fhir.resources.R4B.period import Period
 
 from cds_service.facts.fhir_read import (
     Malformed, Resource, SkipCounter, codings, concept_text, first_code, parse_date, reference_of,
-    validated_view,
+    read_each, validated_view,
 )
 from cds_service.facts.model import Code, ConditionFact
 from cds_service.facts.terminology import Terminology
@@ -91,12 +91,7 @@ def extract_conditions(
     """(active PTSD facts, active nightmare facts) from the record's Conditions."""
     ptsd: list[ConditionFact] = []
     nightmares: list[ConditionFact] = []
-    for condition in conditions:
-        try:
-            facts = read_condition(condition, term, skipped)
-        except Exception:  # noqa: BLE001 - a bad resource must never fail the hook call
-            skipped.skip("Condition")
-            continue
+    for facts in read_each(conditions, lambda c: read_condition(c, term, skipped), skipped, "Condition"):
         ptsd += [f for f in facts if f.kind == "ptsd"]
         nightmares += [f for f in facts if f.kind == "nightmares"]
     return ptsd, nightmares

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from datetime import date
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.medication import Medication
@@ -26,6 +26,9 @@ from fhir.resources.R4B.procedure import Procedure
 from pydantic import ValidationError
 
 Resource = dict[str, Any]
+
+
+T = TypeVar("T")
 
 
 class Malformed(Exception):
@@ -244,3 +247,18 @@ def validated_view(resource: Resource, *, elements: Mapping[str, Any], required:
             raise Malformed(f"{rtype}.{key} failed FHIR R4B validation")
     skipped.skip(f"{rtype} (partly read)")
     return view
+
+
+def read_each(resources: Iterable[Any], read: Callable[[Any], T], skipped: SkipCounter,
+              resource_type: str) -> Iterator[T]:
+    """``read(resource)`` for each resource, skipping (and counting) any that raises.
+
+    A bad resource must never fail the hook call, whatever goes wrong while reading it.
+    """
+    for resource in resources:
+        try:
+            result = read(resource)
+        except Exception:  # noqa: BLE001 - see above
+            skipped.skip(resource_type)
+            continue
+        yield result

@@ -48,7 +48,7 @@ from fhir.resources.R4B.reference import Reference
 from cds_service.facts.dosing import daily_dose
 from cds_service.facts.fhir_read import (
     Malformed, Resource, SkipCounter, as_dict, as_list, as_str, codings, concept_label, concept_texts,
-    element_is_valid, validated_view,
+    element_is_valid, read_each, validated_view,
     parse_date, reference_of, validate,
 )
 from cds_service.facts.model import Code, DrugFact
@@ -315,16 +315,8 @@ def read_medication_request(request: Resource, medications: dict[str, Resource],
 def extract_drugs(requests: Iterable[Resource], medications: dict[str, Resource], term: Terminology,
                   ctx: OrderContext, skipped: SkipCounter) -> list[DrugFact]:
     """DrugFacts of the record's MedicationRequests (bad resources skipped and counted)."""
-    facts = []
-    for request in requests:
-        try:
-            fact = read_medication_request(request, medications, term, ctx, skipped)
-        except Exception:  # noqa: BLE001 - a bad resource must never fail the hook call
-            skipped.skip("MedicationRequest")
-            continue
-        if fact is not None:
-            facts.append(fact)
-    return facts
+    read = lambda r: read_medication_request(r, medications, term, ctx, skipped)  # noqa: E731
+    return [f for f in read_each(requests, read, skipped, "MedicationRequest") if f is not None]
 
 
 def _selection_key(ref: str) -> str:

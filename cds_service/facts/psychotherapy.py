@@ -25,7 +25,7 @@ from typing import Iterable
 
 from cds_service.facts.fhir_read import (
     Malformed, Resource, SkipCounter, codings, concept_label, concept_texts, parse_date, reference_of,
-    validated_view,
+    read_each, validated_view,
 )
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.period import Period
@@ -83,13 +83,5 @@ def read_procedure(procedure: Resource, term: Terminology, skipped: SkipCounter 
 
 def extract_sessions(procedures: Iterable[Resource], term: Terminology, skipped: SkipCounter) -> list[TherapySession]:
     """Completed trauma-focused sessions, in record order (bad resources skipped and counted)."""
-    sessions = []
-    for procedure in procedures:
-        try:
-            session = read_procedure(procedure, term, skipped)
-        except Exception:  # noqa: BLE001 - a bad resource must never fail the hook call
-            skipped.skip("Procedure")
-            continue
-        if session is not None:
-            sessions.append(session)
-    return sessions
+    read = lambda p: read_procedure(p, term, skipped)  # noqa: E731
+    return [s for s in read_each(procedures, read, skipped, "Procedure") if s is not None]
