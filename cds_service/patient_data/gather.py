@@ -119,7 +119,7 @@ def gather_record(request_data: dict[str, Any], *, identity, settings, policy: O
         if r.problem:
             record.missing.append(r.key.key)
             log.info("optional data %s unavailable: %s", r.key.key, r.problem)
-        _distribute(record, r.resources)
+    _distribute(record, [resource for r in results for resource in r.resources])
 
     _resolve_medications(record, get_client if fhir_server else None, settings)
     return record
@@ -180,8 +180,7 @@ _BUCKETS = {
 
 def _distribute(record: PatientRecord, resources: list[Resource]) -> None:
     """Put each resource where the facts stage looks for it (by resourceType), once per id."""
-    seen = {(r.get("resourceType"), r.get("id")) for bucket in _BUCKETS.values()
-            for r in getattr(record, bucket) if isinstance(r.get("id"), str)}
+    seen: set[tuple[str, str]] = set()
     for resource in resources:
         rtype = resource.get("resourceType")
         rid = resource.get("id")
@@ -194,9 +193,10 @@ def _distribute(record: PatientRecord, resources: list[Resource]) -> None:
         elif rtype == "Medication" and rid is not None:
             record.medications[f"Medication/{rid}"] = resource
         elif rtype in _BUCKETS:
-            if rid is not None and (rtype, rid) in seen:
-                continue
-            seen.add((rtype, rid))
+            if rid is not None:
+                if (rtype, rid) in seen:
+                    continue  # the same resource twice (e.g. repeated across search pages)
+                seen.add((rtype, rid))
             getattr(record, _BUCKETS[rtype]).append(resource)
 
 
