@@ -12,7 +12,8 @@ import pytest
 
 from cds_service.codesystems import CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY
 from cds_service.config import REPO_ROOT
-from cds_service.rendering import BUILTIN, CardContentError, CardLibrary, RenderError, iter_codings, md_escape
+from cds_service.card_content import iter_codings
+from cds_service.rendering import BUILTIN, CardContentError, CardLibrary, RenderError, md_escape
 from cds_service.rules import TOPICS, Finding, evaluate_rules
 from cds_service.rules.knowledge import GUIDELINE
 from cds_service.schemas.response import validate_response
