@@ -227,10 +227,13 @@ def drug_line(d: DrugFact, hook: str) -> str:
 
 def trial_line(t: SsriTrial) -> str:
     d = t.drug
-    span = f"{_date(d.trial_start) or '?'} to {_date(d.trial_end) or '?'}"
+    start, end = (t.start, t.end) if t.orders else (d.trial_start, d.trial_end)
+    span = f"{_date(start) or '?'} to {_date(end) or '?'}"
     verdict = f"adequate: {'yes' if t.adequate else 'no'}; failed: {'yes' if t.failed else 'no'}"
     how = md_escape(t.reason) if t.reason else verdict
-    return f"- **SSRI trial:** {md_escape(d.label)}, {span} — {how}{_ref(d.reference)}"
+    orders = [o.reference for o in t.orders if o.reference] if t.orders else [d.reference]
+    refs = _ref(", ".join(r for r in orders if r)) if any(orders) else ""
+    return f"- **SSRI trial:** {md_escape(d.ingredient if len(t.orders) > 1 else d.label)}, {span} — {how}{refs}"
 
 
 def session_lines(sessions: Iterable[TherapySession]) -> list[str]:

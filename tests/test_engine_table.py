@@ -36,6 +36,8 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "ptsd-benzo-therapy.patient-view": [(BENZO, "warning"), (S1, "info")],
     "ptsd-therapy-done.patient-view": [(S2, "info")],  # + current midazolam injection: ignored
     "ptsd-ssri-underway.patient-view": [(S2, "info")],
+    "ptsd-ssri-titration.patient-view": [(S2, "info")],  # a stopped titration step is not a failure
+    "ptsd-ssri-renewals.patient-view": [(S4, "info")],  # 3 monthly orders = one adequate course
     "ptsd-ssri-failed-nightmares.patient-view": [(S4, "info"), (S3, "info")],
     "ptsd-not-combined.patient-view": [(S5, "info")],
     "ptsd-all-done.patient-view": [(S6, "info")],
@@ -137,6 +139,8 @@ def test_card_details_name_the_specifics(engine, settings):
     assert "found in this record: **3**" in card("ptsd-benzo-therapy.patient-view", S1)["detail"]
     assert card("ptsd-benzo-therapy.patient-view", S1)["summary"].startswith("PTSD: 3 trauma-focused")
     assert "**sertraline 25 mg/day**" in card("ptsd-ssri-underway.patient-view", S2)["detail"]
+    assert "**sertraline 50 mg/day**" in card("ptsd-ssri-titration.patient-view", S2)["detail"]
+    assert "3 orders" in card("ptsd-ssri-renewals.patient-view", S4)["detail"]
     assert "suggestions" not in card("ptsd-ssri-underway.patient-view", S2)
     assert len(card("ptsd-therapy-done.patient-view", S2)["suggestions"]) == 2
     assert "(sertraline)" in card("ptsd-ssri-failed-nightmares.patient-view", S4)["summary"]

@@ -8,6 +8,7 @@ import pytest
 
 from cds_service.facts import builders as b
 from cds_service.facts import extract_facts
+from cds_service.codesystems import PSYCHOTHERAPY
 from cds_service.facts.builders import RXNORM
 
 TODAY = date(2026, 11, 28)
@@ -287,6 +288,52 @@ def test_current_order_runs_until_today():
 def test_stopped_without_end_is_a_zero_length_trial():
     trial = one_trial(sertraline(50, status="stopped", authored_days_ago=300))
     assert trial.drug.trial_weeks == 0 and trial.failed
+
+
+def test_monthly_renewals_are_one_course_of_the_drug():
+    """Three back-to-back 30-day sertraline 100 mg orders: one 13-week trial, adequate (issue #3:
+    trials are per drug), not three short ones that never become adequate."""
+    renewals = [sertraline(100, weeks=30 / 7, authored_days_ago=days, id=f"r{days}",
+                           status="active" if days == 30 else "completed") for days in (90, 60, 30)]
+    trial = one_trial(*renewals, conditions=[PTSD])
+    assert trial.adequate and trial.failed and len(trial.orders) == 3
+    assert trial.drug.reference == "MedicationRequest/r30"  # the latest order
+    assert "3 orders" in trial.reason
+
+
+def test_a_break_longer_than_the_gap_splits_the_course():
+    first = sertraline(100, weeks=5, authored_days_ago=200, id="a")
+    second = sertraline(100, weeks=5, authored_days_ago=100, id="b")  # ~9 weeks later
+    assert not one_trial(first, second, conditions=[PTSD]).adequate
+
+
+def test_a_stopped_titration_step_followed_by_the_target_dose_is_not_a_failure():
+    """Label titration: sertraline 25 mg for a week (stopped), then 50 mg (active, 3 weeks in)."""
+    step = sertraline(25, weeks=1, status="stopped", authored_days_ago=28, id="step")
+    target = sertraline(50, status="active", authored_days_ago=21, id="target")
+    trial = one_trial(step, target, conditions=[PTSD])
+    assert not trial.adequate and not trial.failed  # still under way: step 2 ("optimise")
+
+
+def test_weeks_at_a_low_dose_do_not_count_towards_adequacy():
+    low = sertraline(25, weeks=6, authored_days_ago=120, id="low")
+    high = sertraline(50, weeks=4, authored_days_ago=78, id="high")  # continues at 50 mg for 4 weeks
+    assert not one_trial(low, high).adequate
+
+
+@pytest.mark.parametrize("status", ["cancelled", "entered-in-error", "draft"])
+def test_orders_that_were_never_taken_are_not_trials(status):
+    never = sertraline(100, weeks=12, status=status)
+    assert facts_for(never, conditions=[PTSD]).ssri_trials == []
+
+
+@pytest.mark.parametrize("status, combined", [("completed", True), ("cancelled", False)])
+def test_combined_needs_a_drug_that_was_taken(status, combined):
+    drug = sertraline(100, weeks=20, status=status, authored_days_ago=200)
+    session = b.procedure("prolonged-exposure", PSYCHOTHERAPY, performed=ago(150))
+    facts = extract_facts(b.record(medication_requests=[drug], procedures=[session], conditions=[PTSD]),
+                          today=TODAY, hook="patient-view")
+    assert facts.combined is combined
 
 
 def test_paroxetine_and_fluoxetine_thresholds():

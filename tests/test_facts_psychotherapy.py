@@ -73,6 +73,8 @@ def test_generic_cpt_code_with_therapy_in_text_counts():
     b.procedure(text="CPT session"),
     b.procedure(text="Referral to prolonged exposure therapy"),
     b.procedure(text="Trauma-focused CBT"),
+    b.procedure(text="Psychoeducation about prolonged exposure"),
+    b.procedure(text="Educational session: what is EMDR?"),
 ])
 def test_not_trauma_focused(procedure):
     assert sessions_for(procedure) == []

@@ -17,6 +17,11 @@ DrugClass = Literal["benzodiazepine", "ssri", "snri", "prazosin", "mdma"]
 TherapyKind = Literal["prolonged-exposure", "cognitive-processing-therapy", "emdr"]
 MatchedBy = Literal["valueset", "ingredient", "name", "code-map"]
 
+# MedicationRequest statuses (FHIR R4) that mean the drug was never taken: "cancelled" = withdrawn
+# before any administration, "entered-in-error", "draft" = not yet ordered. Every other status
+# (active, on-hold, completed, stopped, unknown) is a course of the drug that counts for the rules.
+NEVER_TAKEN_STATUSES = frozenset({"cancelled", "entered-in-error", "draft"})
+
 
 @dataclass(frozen=True)
 class Code:
@@ -75,6 +80,11 @@ class DrugFact:
     intent: str | None = None
 
     @property
+    def was_taken(self) -> bool:
+        """A record order that counts as a course of the drug (see NEVER_TAKEN_STATUSES)."""
+        return not self.is_draft_order and self.status not in NEVER_TAKEN_STATUSES
+
+    @property
     def trial_weeks(self) -> float | None:
         if self.trial_start is None or self.trial_end is None:
             return None
@@ -95,13 +105,20 @@ class TherapySession:
 
 @dataclass(frozen=True)
 class SsriTrial:
-    """Assessment of one SSRI MedicationRequest as a treatment trial."""
+    """Assessment of one SSRI as a treatment trial: every taken order of that drug together.
+
+    Renewals and dose steps are one course of the drug (issue #3: "per drug, the period it was
+    taken"); ``drug`` is its latest order, ``orders`` all of them in time order.
+    """
 
     drug: DrugFact
-    adequate: bool  # reached the minimum dose for >= 8 weeks
+    adequate: bool  # taken at or above the minimum dose for >= 8 weeks without a break
     failed: bool  # adequate and PTSD still active, or stopped before becoming adequate
     # Human explanation, e.g. "100 mg/day (...), 12 weeks (needs >= 50 mg/day for >= 8 weeks): adequate"
     reason: str = ""
+    orders: tuple[DrugFact, ...] = ()
+    start: date | None = None  # first day taken
+    end: date | None = None  # last day taken (today while current)
 
 
 @dataclass
@@ -157,7 +174,7 @@ class ClinicalFacts:
             if s.performed is None:
                 continue
             for d in self.drugs:
-                if d.drug_class == "ssri" or d.ingredient == "venlafaxine":
+                if d.was_taken and (d.drug_class == "ssri" or d.ingredient == "venlafaxine"):
                     if d.trial_start and d.trial_end and d.trial_start <= s.performed <= d.trial_end:
                         return True
         return False

@@ -123,6 +123,7 @@ class Thresholds:
     current_statuses: frozenset[str]
     ssri_min_weeks: float
     ssri_min_daily_dose_mg: Mapping[str, float]
+    ssri_trial_gap_days: int  # orders of one drug this close together are one uninterrupted course
 
 
 # --- the terminology ------------------------------------------------------------------------------
@@ -199,6 +200,7 @@ def _build_thresholds(data: dict[str, Any]) -> Thresholds:
         current_statuses=frozenset(cur["statuses"]),
         ssri_min_weeks=float(ssri["minWeeks"]),
         ssri_min_daily_dose_mg={k: float(v) for k, v in ssri["minDailyDoseMg"].items()},
+        ssri_trial_gap_days=int(ssri["maxGapDays"]),
     )
 
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from cds_service.facts.model import ClinicalFacts, DrugFact
 from cds_service.rules.finding import ORDER_SELECT, ORDER_SIGN
-from cds_service.rules.knowledge import GUIDELINE
 
 
 def tried(facts: ClinicalFacts, ingredient: str) -> list[DrugFact]:
     """Record MedicationRequests of ``ingredient`` that mean the drug was actually taken.
 
     ``ClinicalFacts.ever_taken`` returns every status; cancelled, entered-in-error and draft
-    requests (``guideline.toml`` medication_history) are not a trial of the drug.
+    requests are not a course of the drug (``DrugFact.was_taken``).
     """
-    return [d for d in facts.ever_taken(ingredient) if d.status not in GUIDELINE.never_taken_statuses]
+    return [d for d in facts.ever_taken(ingredient) if d.was_taken]
 
 
 def orders_to_check(hook: str, facts: ClinicalFacts) -> list[DrugFact]:

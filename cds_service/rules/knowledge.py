@@ -30,7 +30,6 @@ class DoseRange:
 class Guideline:
     next_step_order: tuple[str, ...]
     independent_steps: tuple[str, ...]
-    never_taken_statuses: frozenset[str]
     dose_ranges: dict[str, DoseRange]
 
 
@@ -51,8 +50,6 @@ def load_guideline(path: Path = GUIDELINE_FILE) -> Guideline:
     steps = _need(data, "next_step", dict, top)
     order = tuple(_need(steps, "order", list, f"{path.name}: next_step"))
     independent = tuple(_need(steps, "independent", list, f"{path.name}: next_step"))
-    history = _need(data, "medication_history", dict, top)
-    never = frozenset(_need(history, "never_taken_statuses", list, f"{path.name}: medication_history"))
     ranges: dict[str, DoseRange] = {}
     for ingredient, row in _need(data, "dose_ranges", dict, top).items():
         where = f"{path.name}: dose_ranges.{ingredient}"
@@ -64,7 +61,7 @@ def load_guideline(path: Path = GUIDELINE_FILE) -> Guideline:
         if url is not None and not (isinstance(url, str) and url.startswith("https://")):
             raise GuidelineDataError(f"{where}.url must be an absolute https URL")
         ranges[ingredient] = DoseRange(ingredient, low, high, _need(row, "source", str, where), url)
-    return Guideline(order, independent, never, ranges)
+    return Guideline(order, independent, ranges)
 
 
 GUIDELINE = load_guideline()
