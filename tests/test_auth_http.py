@@ -105,17 +105,21 @@ def test_untrusted_issuer_is_401(auth_app):
     assert_401(resp)
 
 
-def test_feedback_needs_a_token_for_its_own_url(auth_app, key):
+def test_feedback_needs_a_token_for_its_own_url_or_its_service(auth_app, key):
+    """FB-06: the feedback aud is not specified; the sandbox signs the feedback URL, other clients
+    may sign the service URL. Both are accepted; any other URL is not."""
     client = auth_app().test_client()
     url = SERVICE + "/feedback"
     body = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden",
                           "outcomeTimestamp": "2026-11-28T10:00:00Z"}]}
     assert_401(client.post(url, data=json.dumps(body), content_type="application/json"))
-    assert_401(client.post(url, data=json.dumps(body), content_type="application/json",
-                           headers=auth(token_for(key, "http://localhost" + SERVICE))))
-    ok = client.post(url, data=json.dumps(body), content_type="application/json",
-                     headers=auth(token_for(key, "http://localhost" + url)))
-    assert ok.status_code == 200, ok.get_data(as_text=True)
+    for wrong in ("/cds-services", "/cds-services/ptsd-order-sign", "/cds-services/ptsd-order-sign/feedback"):
+        assert_401(client.post(url, data=json.dumps(body), content_type="application/json",
+                               headers=auth(token_for(key, "http://localhost" + wrong))))
+    for right in (url, SERVICE):
+        ok = client.post(url, data=json.dumps(body), content_type="application/json",
+                         headers=auth(token_for(key, "http://localhost" + right)))
+        assert ok.status_code == 200, ok.get_data(as_text=True)
 
 
 def test_service_call_uses_the_issuers_fhir_server_allow_list(auth_app, key):

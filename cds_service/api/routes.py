@@ -50,12 +50,17 @@ def _authenticate() -> None:
                        headers={"WWW-Authenticate": 'Bearer realm="cds-services"'}) from None
 
 
-def _audience() -> str:
-    """The URL the client called, as it must appear in the JWT ``aud`` (JWT-06)."""
+def _audience() -> str | list[str]:
+    """The URL the client called, as it must appear in the JWT ``aud`` (JWT-06).
+
+    Feedback: the spec does not say which URL a feedback token names (CHECKLIST FB-06); the
+    sandbox signs the feedback URL itself, others may sign the service URL: both are accepted.
+    """
     public = components().settings.public_url
-    if public:
-        return public.rstrip("/") + request.path
-    return request.base_url
+    called = public.rstrip("/") + request.path if public else request.base_url
+    if request.endpoint == "cds.feedback":
+        return [called, called.removesuffix("/feedback")]
+    return called
 
 
 @bp.after_request

@@ -3,7 +3,7 @@
 Contract used by the HTTP layer:
 
 * ``build_authenticator(settings, store)`` returns an object with
-  ``authenticate(authorization_header: str | None, audience: str) -> ClientIdentity``;
+  ``authenticate(authorization_header: str | None, audience: str | list[str]) -> ClientIdentity``;
   it raises ``AuthenticationError`` (reason for the log only, never for the caller).
 * With ``PTSD_CDS_AUTH=off`` it returns ``ANONYMOUS`` for every call.
 """
@@ -36,7 +36,7 @@ ANONYMOUS = ClientIdentity(iss=None)
 class NoAuthentication:
     """PTSD_CDS_AUTH=off: every caller is accepted as anonymous (development and tests)."""
 
-    def authenticate(self, authorization_header: str | None, audience: str) -> ClientIdentity:
+    def authenticate(self, authorization_header: str | None, audience) -> ClientIdentity:
         return ANONYMOUS
 
 

@@ -100,7 +100,8 @@ class JwtAuthenticator:
         assert url is not None  # a jwks_url issuer always has one
         return self.jwks.source(url).lookup(kid, alg)
 
-    def authenticate(self, authorization_header: str | None, audience: str) -> ClientIdentity:
+    def authenticate(self, authorization_header: str | None, audience: str | list[str]) -> ClientIdentity:
+        """``audience``: the URL called, or a list of URLs any of which ``aud`` may name."""
         if not audience:
             raise AuthenticationError("no expected audience (server misconfiguration)")
         token = bearer_token(authorization_header)
