@@ -198,6 +198,15 @@ def test_order_sign_selects_every_draft():
     ("861064", b.dosage(2.5, "mL"), 50),                                  # 20 MG/ML oral solution
     ("312941", {"doseAndRate": [{"doseQuantity": {"value": 25, "unit": "mg"}}],
                 "timing": {"repeat": {"when": ["MORN", "HS"]}}}, 50),     # two times of day
+    ("312593", {"doseAndRate": [{"doseQuantity": {"value": 2, "unit": "mg"}}],
+                "timing": {"repeat": {"frequency": 1, "when": ["HS"]}}}, 2),  # prazosin once at bedtime
+    ("312941", b.dosage(50, "mg", frequency=None, period=None, period_unit=None, timing_code="HS"), 50),
+    ("312941", b.dosage(50, "mg", frequency=None, period=None, period_unit=None, timing_code="Q12H"), 100),
+    ("312941", b.dosage(50, "mg", frequency=None, period=None, period_unit=None, timing_code="Q8H"), 150),
+    ("312941", {"doseAndRate": [{"doseRange": {"low": {"value": 1, "unit": "tablet"},
+                                               "high": {"value": 4, "unit": "tablet"}}}],
+                "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}}, 200),  # up to 4 tablets
+    ("312941", b.dosage(50), 50),                                         # unitless 50 on a 50 MG tablet: mg
 ])
 def test_daily_dose(code, dosage, mg):
     drug = one_drug(b.med_request(code, dosage=[dosage]))
@@ -211,6 +220,7 @@ def test_daily_dose(code, dosage, mg):
     [b.dosage(1, "mg", as_needed=True)],                                  # as needed
     [b.dosage(5, "puff")],                                                # unknown unit
     [b.dosage(50, "mg", period_unit="fortnight")],                        # unknown period unit
+    [b.dosage(30)],                                                       # unitless 30 on a 50 MG tablet
 ])
 def test_daily_dose_unknown(dosage):
     drug = one_drug(b.med_request("312941", dosage=dosage))
@@ -226,9 +236,19 @@ def test_strength_from_free_text_name():
     assert drug.daily_dose_mg == 6
 
 
-def test_first_computable_instruction_is_used():
-    drug = one_drug(b.med_request("312941", dosage=[b.dosage(1, "mg", as_needed=True), b.dosage(100, "mg")]))
+def test_the_last_computable_step_is_used():
+    drug = one_drug(b.med_request("312941", dosage=[b.dosage(100, "mg"), b.dosage(1, "mg", as_needed=True)]))
     assert drug.daily_dose_mg == 100
+    titration = [{**b.dosage(25, "mg"), "sequence": 1}, {**b.dosage(400, "mg"), "sequence": 2}]
+    assert one_drug(b.med_request("312941", dosage=titration)).daily_dose_mg == 400  # the target dose
+    assert one_drug(b.med_request("312941", dosage=list(reversed(titration)))).daily_dose_mg == 400  # by sequence
+
+
+def test_a_dose_range_counts_as_its_upper_end():
+    dosage = {"doseAndRate": [{"doseRange": {"low": {"value": 50, "unit": "mg"}, "high": {"value": 100, "unit": "mg"}}}],
+              "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}}
+    drug = one_drug(b.med_request("312941", dosage=[dosage]))
+    assert drug.daily_dose_mg == 100 and drug.dose_text.startswith("up to 100 mg/day")
 
 
 def test_dose_text():

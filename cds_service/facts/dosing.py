@@ -2,12 +2,14 @@
 
 Decisions (kept deliberately simple; anything we cannot work out gives ``None``, never a guess):
 
-* The **first** dosage instruction with a computable dose is used (tapering or sequential
-  instructions are not summed).
+* Several dosage instructions are steps in time (``sequence``, else as written): the **last**
+  step with a computable dose is used — the target of a titration ("25 mg for 7 days, then
+  100 mg" is 100 mg/day). Steps are not summed.
 * As-needed instructions (``asNeededBoolean`` true or ``asNeededCodeableConcept``) give None:
   the amount actually taken per day is unknown.
 * Dose: ``doseAndRate[].doseQuantity`` (R4; the first entry that has one) or the STU3-style
-  ``Dosage.doseQuantity``. ``doseRange`` and free-text ``Dosage.text`` are not used.
+  ``Dosage.doseQuantity``; a ``doseRange`` counts as its upper end ("up to"), the most that may be
+  given. Free-text ``Dosage.text`` is not used.
 * Units: mg; g (x1000); mcg/ug (/1000). Tablet/capsule units (``tablet``, ``TAB``, ``{tbl}``,
   ``capsule`` ...) and a **unitless** quantity (Synthea writes ``{"value": 1}``) are multiplied by
   the strength parsed from the drug name ("sertraline 50 MG Oral Tablet", "Sertraline 100MG",
@@ -17,10 +19,10 @@ Decisions (kept deliberately simple; anything we cannot work out gives ``None``,
 * Frequency: ``timing.repeat.frequency`` (default 1) per ``period`` ``periodUnit`` (period default
   1, periodUnit default d once either is given; units s/min/h/d/wk/mo/a, a month counted as 30
   days, a year as 365; ``frequencyMax``/``periodMax``/bounds are ignored). A ``repeat`` with neither
-  period nor periodUnit is read only through ``repeat.when`` (one administration per listed time of
-  day), else gives None. Without ``repeat`` timing fields, ``timing.code``
+  period nor periodUnit is read through ``repeat.when`` (one administration per listed time of
+  day, e.g. ``frequency 1, when [HS]`` = once a day), else gives None. Without ``repeat`` timing fields, ``timing.code``
   (text, code or display) is read for once-/twice-/three-/four-times-daily words (QD, BID, TID,
-  QID, daily, at bedtime ...). No timing at all gives None: a dose alone does not say how often.
+  QID, Q12H, Q8H, Q6H, HS, daily, at bedtime ...). No timing at all gives None: a dose alone does not say how often.
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ VOLUME = {"ml", "milliliter", "milliliters", "millilitre", "millilitres"}
 TIMING_WORDS: tuple[tuple[re.Pattern[str], int], ...] = tuple(
     (re.compile(p, re.IGNORECASE), n)
     for p, n in (
-        (r"\b(qid|four times (a|per) day|four times daily)\b", 4),
-        (r"\b(tid|three times (a|per) day|three times daily)\b", 3),
-        (r"\b(bid|twice (a|per) day|twice daily|two times (a|per) day)\b", 2),
-        (r"\b(qd|daily|once (a|per) day|once daily|every day|qam|qpm|qhs|at bedtime|nightly)\b", 1),
+        (r"\b(qid|q6h|four times (a|per) day|four times daily|every 6 hours)\b", 4),
+        (r"\b(tid|q8h|three times (a|per) day|three times daily|every 8 hours)\b", 3),
+        (r"\b(bid|q12h|twice (a|per) day|twice daily|two times (a|per) day|every 12 hours)\b", 2),
+        (r"\b(qd|q24h|daily|once (a|per) day|once daily|every day|qam|qpm|qhs|hs|at bedtime|nightly)\b", 1),
     )
 )
+MAX_UNITLESS_TABLETS = 4  # a unitless dose above this is not read as a number of tablets
 _NUM = r"(\d+(?:\.\d+)?)"
 _MASS_UNIT = r"(mg|mcg|g)"
 
@@ -92,12 +95,17 @@ def concentration_mg_per_ml(name: str | None, ingredient: str) -> float | None:
 
 
 # --- one administration --------------------------------------------------------------------------
-def _dose_quantity(dosage: dict[str, Any]) -> dict[str, Any] | None:
+def _dose_quantity(dosage: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """(quantity of one administration, whether it is the upper end of a range)."""
     for dr in as_list(dosage.get("doseAndRate")):
         quantity = as_dict(as_dict(dr).get("doseQuantity")) if dr is not None else None
         if quantity:
-            return quantity
-    return as_dict(dosage.get("doseQuantity"))  # STU3 shape
+            return quantity, False
+    for dr in as_list(dosage.get("doseAndRate")):
+        high = as_dict((as_dict(as_dict(dr).get("doseRange")) or {}).get("high")) if dr is not None else None
+        if high:
+            return high, True
+    return as_dict(dosage.get("doseQuantity")), False  # STU3 shape
 
 
 def _unit(quantity: dict[str, Any]) -> str | None:
@@ -125,7 +133,13 @@ def dose_per_administration(quantity: dict[str, Any], names: Sequence[str], ingr
         return value * MASS_TO_MG[unit], f"{fmt(value)} {unit}"
     if unit is None or unit in UNIT_DOSE:
         strength = _first(names, unit_strength_mg, ingredient)
-        return (value * strength, f"{fmt(value)} × {fmt(strength)} mg") if strength else None
+        if not strength:
+            return None
+        if unit is None and value == strength:
+            return value, f"{fmt(value)} mg"  # a bare number equal to the strength: mg, not tablets
+        if unit is None and value > MAX_UNITLESS_TABLETS:
+            return None  # not plausibly a number of tablets, and not said to be mg
+        return value * strength, f"{fmt(value)} × {fmt(strength)} mg"
     if unit in VOLUME:
         conc = _first(names, concentration_mg_per_ml, ingredient)
         return (value * conc, f"{fmt(value)} mL × {fmt(conc)} mg/mL") if conc else None
@@ -139,7 +153,7 @@ def _from_repeat(repeat: dict[str, Any]) -> tuple[float, str] | None:
     unit = as_str(repeat.get("periodUnit"))
     if period is None and unit is None:
         when = as_list(repeat.get("when"))
-        return (float(len(when)), f"{len(when)} × per day") if when and frequency is None else None
+        return (float(len(when)), f"{len(when)} × per day") if when else None
     frequency = 1.0 if frequency is None else frequency
     period = 1.0 if period is None else period
     days = PERIOD_DAYS.get(unit or "d")
@@ -180,18 +194,26 @@ def _one_daily_dose(dosage: Any, names: Sequence[str], ingredient: str) -> Daily
     dosage = as_dict(dosage)
     if not dosage or _is_as_needed(dosage):
         return None
-    quantity = _dose_quantity(dosage)
+    quantity, upper = _dose_quantity(dosage)
     dose = dose_per_administration(quantity, names, ingredient) if quantity else None
     freq = administrations_per_day(dosage.get("timing")) if dose else None
     if dose is None or freq is None:
         return None
     mg_day = dose[0] * freq[0]
-    return DailyDose(mg_day, f"{fmt(mg_day)} mg/day ({dose[1]}, {freq[1]})")
+    prefix = "up to " if upper else ""
+    return DailyDose(mg_day, f"{prefix}{fmt(mg_day)} mg/day ({prefix}{dose[1]}, {freq[1]})")
+
+
+def _step_order(indexed: tuple[int, Any]) -> tuple[float, int]:
+    index, dosage = indexed
+    sequence = as_number((as_dict(dosage) or {}).get("sequence"))
+    return (sequence if sequence is not None else float(index), index)
 
 
 def daily_dose(dosages: Any, names: Sequence[str], ingredient: str) -> DailyDose | None:
-    """Daily dose from the first dosage instruction that has a computable one, else None."""
-    for dosage in as_list(dosages):
+    """Daily dose of the last dosage step (by ``sequence``, else as written) that has one, else None."""
+    steps = [d for _, d in sorted(enumerate(as_list(dosages)), key=_step_order)]
+    for dosage in reversed(steps):
         result = _one_daily_dose(dosage, names, ingredient)
         if result is not None:
             return result
