@@ -170,6 +170,13 @@ def drafts(hook, selections=()):
     return extract_facts(b.record(draft_orders=orders, selections=selections), today=TODAY, hook=hook)
 
 
+def test_a_do_not_perform_order_is_not_a_prescription():
+    refusal = {**b.med_request("197901", id="dnp"), "doNotPerform": True}
+    facts = extract_facts(b.record(medication_requests=[refusal], draft_orders=[{**refusal, "status": "draft"}]),
+                          today=TODAY, hook="order-sign")
+    assert facts.drugs == [] and facts.draft_drugs == []
+
+
 def test_order_select_marks_only_selected_drafts():
     facts = drafts("order-select", ["MedicationRequest/d2"])
     assert [(d.reference, d.is_selected) for d in facts.draft_drugs] == [

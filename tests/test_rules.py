@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 from dataclasses import replace
 from datetime import date, timedelta
@@ -243,6 +245,17 @@ def test_selected_benzodiazepine_order_is_critical_with_its_target():
     assert out[0].indicator == "critical"
     assert out[0].target_order == "MedicationRequest/d1"
     assert out[0].values == {"drug": "lorazepam", "daily_dose": "50 mg/day"}
+
+
+@pytest.mark.parametrize("status, fires", [("draft", True), ("active", True), ("on-hold", True), (None, True),
+                                           ("stopped", False), ("cancelled", False), ("completed", False),
+                                           ("entered-in-error", False)])
+def test_only_orders_being_placed_are_checked(status, fires):
+    """A stopped or cancelled order in draftOrders is a discontinuation: no 'delete this order' card.
+    An active one is a revised order being re-signed (hook library order-sign 1.1.0)."""
+    lorazepam = dataclasses.replace(order("lorazepam", "o1", mg=1), status=status)
+    out = evaluate_rules("order-sign", facts(drafts=[lorazepam]))
+    assert (topics(out) == ["benzodiazepine-avoid"]) is fires
 
 
 def test_order_sign_checks_every_draft_one_card_each():

@@ -284,6 +284,8 @@ def read_medication_request(request: Resource, medications: dict[str, Resource],
     """A DrugFact for one MedicationRequest, or None when it is not a drug of interest. Raises Malformed."""
     if not isinstance(request, dict):
         raise Malformed("not an object")
+    if request.get("doNotPerform") is True:
+        return None  # an order NOT to give the drug: not a prescription of it
     info, classified = medication_and_match(request, medications, term, skipped)
     if classified is None:
         return None

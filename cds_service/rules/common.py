@@ -15,16 +15,25 @@ def tried(facts: ClinicalFacts, ingredient: str) -> list[DrugFact]:
     return [d for d in facts.ever_taken(ingredient) if d.was_taken]
 
 
+# Statuses of an order being placed: draft, or active/on-hold when order-sign fires again for a
+# revised order (hook library order-sign 1.1.0). A stopped, cancelled, completed or
+# entered-in-error order in draftOrders is a discontinuation or a correction, not a new
+# prescription: warning about it (and suggesting to delete it) would undo what the clinician did.
+ORDERS_BEING_PLACED = frozenset({"draft", "active", "on-hold"})
+
+
 def orders_to_check(hook: str, facts: ClinicalFacts) -> list[DrugFact]:
     """Draft orders the order hooks look at: order-select the selected ones, order-sign all.
 
     Non-selected drafts in order-select are context only (hook library: "decision support
-    should focus on the selected orders"), so no card fires for them.
+    should focus on the selected orders"), so no card fires for them. Only orders being placed
+    count (``ORDERS_BEING_PLACED``; an order without a status is treated as a draft).
     """
+    placed = [d for d in facts.draft_drugs if d.status is None or d.status in ORDERS_BEING_PLACED]
     if hook == ORDER_SIGN:
-        return list(facts.draft_drugs)
+        return placed
     if hook == ORDER_SELECT:
-        return [d for d in facts.draft_drugs if d.is_selected]
+        return [d for d in placed if d.is_selected]
     return []
 
 
