@@ -328,6 +328,31 @@ def test_monthly_renewals_are_one_course_of_the_drug():
     assert "3 orders" in trial.reason
 
 
+def test_monthly_refills_without_end_dates_are_one_course():
+    """Real records often carry only authoredOn: six monthly sertraline 100 mg orders (no validity
+    period, all completed) are ~5 months of treatment, not six one-day trials."""
+    months = [b.med_request("312938", id=f"m{m}", status="completed", authored=f"2026-{m:02d}-01",
+                            dosage=[b.dosage(100, "mg")]) for m in range(4, 10)]
+    trial = one_trial(*months, conditions=[PTSD])
+    assert trial.adequate and trial.failed and len(trial.orders) == 6
+    assert trial.start == date(2026, 4, 1) and trial.end == date(2026, 9, 1)
+
+
+def test_orders_written_far_apart_without_end_dates_are_not_bridged():
+    spaced = [b.med_request("312938", id=f"s{m}", status="completed", authored=f"2026-{m:02d}-01",
+                            dosage=[b.dosage(100, "mg")]) for m in (3, 6, 9)]  # every 3 months
+    assert not one_trial(*spaced, conditions=[PTSD]).adequate
+
+
+def test_expected_supply_duration_and_repeats_give_the_period():
+    order = b.med_request("312938", status="completed", authored="2026-03-01", dosage=[b.dosage(100, "mg")])
+    order["dispenseRequest"] = {"expectedSupplyDuration": {"value": 30, "unit": "days", "code": "d"},
+                                "numberOfRepeatsAllowed": 2}
+    drug = one_drug(order)
+    assert drug.trial_end == date(2026, 5, 30)  # 30 days x 3 dispenses
+    assert one_trial(order, conditions=[PTSD]).adequate
+
+
 def test_a_break_longer_than_the_gap_splits_the_course():
     first = sertraline(100, weeks=5, authored_days_ago=200, id="a")
     second = sertraline(100, weeks=5, authored_days_ago=100, id="b")  # ~9 weeks later

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from cds_service.facts.conditions import extract_conditions
 from cds_service.facts.fhir_read import SkipCounter
-from cds_service.facts.medications import OrderContext, extract_draft_drugs, extract_drugs
+from cds_service.facts.medications import OrderContext, bridge_refills, extract_draft_drugs, extract_drugs
 from cds_service.facts.model import ClinicalFacts
 from cds_service.facts.psychotherapy import extract_sessions
 from cds_service.facts.terminology import Terminology, system_name
@@ -60,8 +60,9 @@ def extract_facts(
     skipped = SkipCounter()
     medications = record.medications if isinstance(record.medications, dict) else {}
     ptsd, nightmares = extract_conditions(_items(record.conditions), term, skipped)
-    drugs = extract_drugs(_items(record.medication_requests), medications, term,
-                          OrderContext(today, term.thresholds), skipped)
+    drugs = bridge_refills(extract_drugs(_items(record.medication_requests), medications, term,
+                                         OrderContext(today, term.thresholds), skipped),
+                           term.thresholds.refill_bridge_days)
     draft_drugs = extract_draft_drugs(_items(record.draft_orders), _items(record.selections), hook,
                                       medications, term, today, skipped)
     return ClinicalFacts(

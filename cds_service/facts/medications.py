@@ -27,8 +27,13 @@ orders are never current.
 
 **Trial period.** ``trial_start`` = authoredOn, else validity start. ``trial_end`` = validity end
 (capped at today: a drug cannot have been taken in the future), else today while current, else
-the start (a zero-length trial: a stopped/completed or stale order without an end date proves no
-duration).
+the start plus the recorded supply (``expectedSupplyDuration`` × (1 + ``numberOfRepeatsAllowed``)),
+else the start (no duration is proven) — unless the next order of the same drug was written
+within ``refillBridgeDays`` (``thresholds.json``): a renewal, so the order lasted until then
+(``bridge_refills``).
+
+**Not a prescription.** An order with ``doNotPerform: true`` says the drug must not be given: it
+is not a drug fact at all.
 
 MedicationRequests with status ``entered-in-error`` are dropped: they never happened. STU3-style
 ``Dosage.doseQuantity`` is tolerated: it is left out of the R4B validation and read by ``dosing``.
@@ -36,8 +41,8 @@ MedicationRequests with status ``entered-in-error`` are dropped: they never happ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import date
+from dataclasses import dataclass, field, replace
+from datetime import date, timedelta
 from typing import Any, Iterable
 
 from fhir.resources.R4B.codeableconcept import CodeableConcept
@@ -48,7 +53,7 @@ from fhir.resources.R4B.reference import Reference
 from cds_service.facts.dosing import daily_dose
 from cds_service.facts.fhir_read import (
     Malformed, Resource, SkipCounter, as_dict, as_list, as_str, codings, concept_label, concept_texts,
-    element_is_valid, read_each, validated_view,
+    as_number, element_is_valid, read_each, validated_view,
     parse_date, reference_of, validate,
 )
 from cds_service.facts.model import Code, DrugFact
@@ -218,18 +223,64 @@ def is_current(status: str | None, authored: date | None, start: date | None, en
 
 
 def trial_period(authored: date | None, start: date | None, end: date | None, current: bool,
-                 today: date) -> tuple[date | None, date | None]:
-    """(trial_start, trial_end) as described in the module docstring."""
+                 today: date, supply_days: float | None = None) -> tuple[date | None, date | None]:
+    """(trial_start, trial_end) as described in the module docstring.
+
+    Without a validity end, a stopped or completed order lasted its supply when one is recorded
+    (``dispenseRequest.expectedSupplyDuration`` × (1 + ``numberOfRepeatsAllowed``)); otherwise its
+    end is unknown and it counts as a single day (``bridge_refills`` may extend it later).
+    """
     trial_start = authored or start
     if end is not None:
         trial_end: date | None = min(end, today)
     elif current:
         trial_end = today
+    elif trial_start is not None and supply_days:
+        trial_end = min(trial_start + timedelta(days=round(supply_days)), today)
     else:
         trial_end = trial_start
     if trial_start and trial_end and trial_end < trial_start:
         trial_end = trial_start
     return trial_start, trial_end
+
+
+DURATION_DAYS = {"d": 1.0, "day": 1.0, "days": 1.0, "wk": 7.0, "week": 7.0, "weeks": 7.0,
+                 "mo": 30.0, "month": 30.0, "months": 30.0, "h": 1 / 24, "a": 365.0}
+
+
+def supply_days(request: Resource) -> float | None:
+    """Days a dispense covers, times the dispenses allowed (first fill + repeats), or None."""
+    dispense = as_dict(request.get("dispenseRequest")) or {}
+    duration = as_dict(dispense.get("expectedSupplyDuration"))
+    if not duration:
+        return None
+    value = as_number(duration.get("value"))
+    unit = as_str(duration.get("code")) or as_str(duration.get("unit"))
+    per_day = DURATION_DAYS.get((unit or "").lower())
+    if value is None or value <= 0 or per_day is None:
+        return None
+    repeats = as_number(dispense.get("numberOfRepeatsAllowed")) or 0
+    return value * per_day * (1 + max(0, repeats))
+
+
+def bridge_refills(drugs: list[DrugFact], bridge_days: int) -> list[DrugFact]:
+    """Refills: an order of a drug whose end is unknown lasted until the next order of that drug,
+    when that one was written within ``bridge_days`` (monthly renewals without end dates are one
+    course, not a row of one-day trials). Record order is kept."""
+    by_drug: dict[str, list[int]] = {}
+    for i, d in enumerate(drugs):
+        if d.was_taken and d.trial_start is not None:
+            by_drug.setdefault(d.ingredient, []).append(i)
+    out = list(drugs)
+    for indices in by_drug.values():
+        indices.sort(key=lambda i: drugs[i].trial_start)
+        for i, j in zip(indices, indices[1:]):
+            d, nxt = drugs[i], drugs[j]
+            unknown_end = d.period_end is None and not d.is_current and d.trial_end == d.trial_start
+            gap = (nxt.trial_start - d.trial_start).days
+            if unknown_end and 0 < gap <= bridge_days:
+                out[i] = replace(d, trial_end=nxt.trial_start)
+    return out
 
 
 # --- building a DrugFact -------------------------------------------------------------------------
@@ -299,7 +350,8 @@ def read_medication_request(request: Resource, medications: dict[str, Resource],
     dosages = as_list(request.get("dosageInstruction"))
     routes = route_texts(dosages)
     current = not ctx.is_draft and is_current(status, authored, start, end, ctx.today, ctx.thresholds)
-    trial_start, trial_end = trial_period(authored, start, end, current, ctx.today)
+    trial_start, trial_end = trial_period(authored, start, end, current, ctx.today,
+                                          supply_days(request) if not ctx.is_draft else None)
     dose = daily_dose(dosages, info.names + ([match.reference_display] if match.reference_display else []),
                       match.ingredient)
     return DrugFact(

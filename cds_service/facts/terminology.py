@@ -124,6 +124,7 @@ class Thresholds:
     ssri_min_weeks: float
     ssri_min_daily_dose_mg: Mapping[str, float]
     ssri_trial_gap_days: int  # orders of one drug this close together are one uninterrupted course
+    refill_bridge_days: int  # an order without an end lasted until the next order of the drug within this
 
 
 # --- the terminology ------------------------------------------------------------------------------
@@ -201,6 +202,7 @@ def _build_thresholds(data: dict[str, Any]) -> Thresholds:
         ssri_min_weeks=float(ssri["minWeeks"]),
         ssri_min_daily_dose_mg={k: float(v) for k, v in ssri["minDailyDoseMg"].items()},
         ssri_trial_gap_days=int(ssri["maxGapDays"]),
+        refill_bridge_days=int(cur["refillBridgeDays"]),
     )
 
 
