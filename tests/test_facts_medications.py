@@ -127,6 +127,11 @@ def test_intranasal_midazolam_by_name():
     assert drug.systemic_non_procedural is False
 
 
+@pytest.mark.parametrize("name", ["midazolam 1 MG/ML Intravenous Solution", "lorazepam 2 mg intramuscular"])
+def test_intravenous_or_intramuscular_in_the_drug_name(name):
+    assert one_drug(b.med_request(text=name)).systemic_non_procedural is False
+
+
 def test_nasal_only_brand():
     assert one_drug(b.med_request(text="Valtoco 10 mg")).systemic_non_procedural is False
 

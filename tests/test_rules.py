@@ -368,3 +368,12 @@ def test_bad_guideline_data_is_refused_with_the_field_named(tmp_path):
     bad.write_text(good.replace("order = [", "orders = ["))
     with pytest.raises(GuidelineDataError, match="next_step.order is missing"):
         load_guideline(bad)
+
+
+@pytest.mark.parametrize("label, fires", [("paroxetine 10 MG Oral Tablet", True),
+                                          ("24 HR paroxetine 12.5 MG Extended Release Oral Tablet", False),
+                                          ("Paxil CR 62.5 mg", False)])
+def test_paroxetine_range_is_for_immediate_release_only(label, fires):
+    mg = 10 if "10 MG" in label else (12.5 if "12.5" in label else 62.5)
+    draft = dataclasses.replace(order("paroxetine", "p1", mg=mg), label=label)
+    assert (topics(evaluate_rules("order-sign", facts(drafts=[draft]))) == ["dose-out-of-range"]) is fires

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,14 @@ class DoseRange:
     max_mg: float
     source: str  # the label / trial it comes from
     url: str | None  # its web address, when one is on file (never made up)
+    not_for_forms: tuple[str, ...] = ()  # drug-name words of formulations the range is not for
 
     def contains(self, daily_mg: float) -> bool:
         return self.min_mg <= daily_mg <= self.max_mg
+
+    def applies_to(self, drug_label: str) -> bool:
+        """False for a formulation the range was not written for (e.g. controlled-release)."""
+        return not any(re.search(rf"\b{re.escape(w)}\b", drug_label, re.IGNORECASE) for w in self.not_for_forms)
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,11 @@ def load_guideline(path: Path = GUIDELINE_FILE) -> Guideline:
         url = row.get("url")
         if url is not None and not (isinstance(url, str) and url.startswith("https://")):
             raise GuidelineDataError(f"{where}.url must be an absolute https URL")
-        ranges[ingredient] = DoseRange(ingredient, low, high, _need(row, "source", str, where), url)
+        forms = row.get("not_for_forms", [])
+        if not isinstance(forms, list) or not all(isinstance(f, str) and f for f in forms):
+            raise GuidelineDataError(f"{where}.not_for_forms must be a list of words")
+        ranges[ingredient] = DoseRange(ingredient, low, high, _need(row, "source", str, where), url,
+                                       tuple(forms))
     return Guideline(order, independent, ranges)
 
 

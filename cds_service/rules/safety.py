@@ -77,7 +77,8 @@ def dose_out_of_range(hook: str, facts: ClinicalFacts) -> list[Finding]:
     findings = []
     for order in orders_to_check(hook, facts):
         limits = GUIDELINE.dose_ranges.get(order.ingredient)
-        if limits is None or order.daily_dose_mg is None or limits.contains(order.daily_dose_mg):
+        if (limits is None or order.daily_dose_mg is None or not limits.applies_to(order.label)
+                or limits.contains(order.daily_dose_mg)):
             continue
         direction = "above" if order.daily_dose_mg > limits.max_mg else "below"
         values = {
