@@ -232,3 +232,49 @@ def test_an_unresolvable_medication_reference_does_not_fail_a_fully_prefetched_c
         result = assert_conformant(call(client, body, "ptsd-order-sign"))
         assert len(rsps.calls) == 0
     assert topics(result) == ["benzodiazepine-avoid"]  # recognised from the display text
+
+
+def _order_by_reference(reference, display=None):
+    order = lorazepam()
+    del order["medicationCodeableConcept"]
+    order["medicationReference"] = {"reference": reference, **({"display": display} if display else {})}
+    return order
+
+
+@pytest.mark.spec("PF-16 HOOK-01")
+@pytest.mark.parametrize("fhir_server", [None, FHIR])
+def test_a_draft_whose_drug_cannot_be_identified_is_412_not_silence(client, fhir_server):
+    """An unidentifiable drug could be a benzodiazepine: no cards would be a wrong answer."""
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]),
+                        drafts=[_order_by_reference("Medication/lz")], fhir_server=fhir_server)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.get(f"{FHIR}/Medication/lz", status=500, json={"resourceType": "OperationOutcome"})
+        text = assert_outcome(call(client, body, "ptsd-order-sign"), 412)
+    assert "MedicationRequest/mr-lorazepam" in text and "cannot be identified" in text
+
+
+def test_an_absolute_medication_reference_under_fhir_server_is_fetched(client):
+    medication = {"resourceType": "Medication", "id": "lz",
+                  "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                       "code": "197901", "display": "lorazepam 1 MG Oral Tablet"}]}}
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]),
+                        drafts=[_order_by_reference(f"{FHIR}/Medication/lz/_history/3")], fhir_server=FHIR)
+    with responses.RequestsMock() as rsps:
+        rsps.get(f"{FHIR}/Medication/lz", json=medication)
+        result = assert_conformant(call(client, body, "ptsd-order-sign"))
+    assert topics(result) == ["benzodiazepine-avoid"]
+
+
+def test_an_absolute_medication_reference_to_another_server_is_never_fetched(client):
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]),
+                        drafts=[_order_by_reference("https://other.example/fhir/Medication/lz")], fhir_server=FHIR)
+    with responses.RequestsMock() as rsps:
+        assert_outcome(call(client, body, "ptsd-order-sign"), 412)
+        assert len(rsps.calls) == 0
+
+
+def test_an_unselected_draft_need_not_be_identified(client):
+    body = hook_request("order-select", prefetch=full_prefetch(conditions=[ptsd_condition()]),
+                        drafts=[_order_by_reference("Medication/lz"), lorazepam("mr-2")],
+                        selections=["MedicationRequest/mr-2"])
+    assert topics(assert_conformant(call(client, body, "ptsd-order-select"))) == ["benzodiazepine-avoid"]

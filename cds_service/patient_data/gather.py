@@ -121,7 +121,7 @@ def gather_record(request_data: dict[str, Any], *, identity, settings, policy: O
             log.info("optional data %s unavailable: %s", r.key.key, r.problem)
     _distribute(record, [resource for r in results for resource in r.resources])
 
-    _resolve_medications(record, get_client if fhir_server else None, settings)
+    _resolve_medications(record, get_client if fhir_server else None, settings, request_data.get("hook"))
     return record
 
 
@@ -213,37 +213,80 @@ def _add_draft_orders(record: PatientRecord, context: dict[str, Any]) -> None:
         record.selections = [s for s in selections if isinstance(s, str)]
 
 
-def _resolve_medications(record: PatientRecord, get_client, settings) -> None:
-    """Fetch Medications named by ``medicationReference`` that are neither contained nor present."""
-    wanted: set[str] = set()
-    for request in record.medication_requests + record.draft_orders:
-        if request.get("resourceType") != "MedicationRequest":
-            continue
+def medication_key(reference: str) -> str | None:
+    """``Medication/<id>`` for a relative, absolute or versioned reference to a Medication, else None."""
+    parts = [p for p in reference.split("/_history/")[0].split("?")[0].split("/") if p]
+    if len(parts) >= 2 and parts[-2] == "Medication" and "#" not in parts[-1]:
+        return f"Medication/{parts[-1]}"
+    return None
+
+
+def _orders_to_identify(record: PatientRecord, hook: str | None) -> list[Resource]:
+    """MedicationRequests whose drug the rules must know: the record's, and the drafts the hook checks."""
+    drafts = [r for r in record.draft_orders if r.get("resourceType") == "MedicationRequest"]
+    if hook == "order-select":
+        drafts = record.selected_draft_orders()
+    return [r for r in record.medication_requests if r.get("resourceType") == "MedicationRequest"] + drafts
+
+
+def _resolve_medications(record: PatientRecord, get_client, settings, hook: str | None = None) -> None:
+    """Fetch Medications named by ``medicationReference`` that are neither contained nor present.
+
+    A reference is fetched from ``fhirServer`` when it is relative or lies under it. An order whose
+    drug still cannot be identified (reference unresolved and no ``display`` to read a name from)
+    makes the data incomplete: HTTP 412, because an unidentified drug could be a benzodiazepine.
+    """
+    orders = _orders_to_identify(record, hook)
+    wanted: dict[str, str] = {}  # Medication/id -> reference as written (for messages)
+    for request in orders:
         ref = request.get("medicationReference")
         reference = ref.get("reference") if isinstance(ref, dict) else None
-        if isinstance(reference, str) and reference.startswith("Medication/") and reference not in record.medications:
-            wanted.add(reference)
-    if not wanted or get_client is None:
-        return
-    try:
-        fhir = get_client()
-    except ApiError as exc:  # fhirServer not allowed: optional data, so the call goes on without it
-        log.info("Medication references left unresolved: %s", exc.message)
-        return
-    if fhir is None:
-        return
-
-    def read(reference: str) -> tuple[str, Resource | None]:
-        _, _, rid = reference.partition("/")
-        if not rid or "/" in rid:
-            return reference, None
+        key = medication_key(reference) if isinstance(reference, str) else None
+        if key and key not in record.medications:
+            wanted[key] = reference
+    fhir = None
+    if wanted and get_client is not None:
         try:
-            return reference, fhir.read("Medication/" + quote(rid, safe=""))
-        except FhirFetchError as exc:
-            log.info("Medication reference could not be read: %s", exc)
-            return reference, None
+            fhir = get_client()
+        except ApiError as exc:  # fhirServer not allowed: unresolved references are judged below
+            log.info("Medication references not fetched: %s", exc.message)
+    if fhir is not None:
+        def read(key: str) -> tuple[str, Resource | None]:
+            reference = wanted[key]
+            if "://" in reference and not reference.startswith(fhir.base):
+                return key, None  # an absolute reference to another server is never fetched
+            try:
+                return key, fhir.read("Medication/" + quote(key.split("/", 1)[1], safe=""))
+            except FhirFetchError as exc:
+                log.info("Medication reference could not be read: %s", exc)
+                return key, None
 
-    with ThreadPoolExecutor(max_workers=min(settings.fhir_max_workers, len(wanted))) as pool:
-        for reference, resource in pool.map(read, sorted(wanted)):
-            if resource and resource.get("resourceType") == "Medication":
-                record.medications[reference] = resource
+        with ThreadPoolExecutor(max_workers=min(settings.fhir_max_workers, len(wanted))) as pool:
+            for key, resource in pool.map(read, sorted(wanted)):
+                if resource and resource.get("resourceType") == "Medication":
+                    record.medications[key] = resource
+    unidentified = [f"{r.get('resourceType')}/{r.get('id')}" for r in orders if _unidentified(r, record)]
+    if unidentified:
+        raise DataUnavailable([
+            f"the drug of {', '.join(unidentified[:5])}{' …' if len(unidentified) > 5 else ''} cannot be "
+            "identified: its medicationReference could not be resolved (not contained, not prefetched, "
+            "not readable on fhirServer) and has no display"])
+
+
+def _unidentified(request: Resource, record: PatientRecord) -> bool:
+    if "medicationCodeableConcept" in request:
+        return False
+    ref = request.get("medicationReference")
+    if not isinstance(ref, dict):
+        return False  # no medication at all: nothing to identify (the facts stage skips it)
+    if isinstance(ref.get("display"), str) and ref["display"].strip():
+        return False
+    reference = ref.get("reference")
+    if not isinstance(reference, str):
+        return True
+    if reference.startswith("#"):
+        contained = request.get("contained")
+        return not (isinstance(contained, list) and any(
+            isinstance(c, dict) and c.get("id") == reference[1:] for c in contained))
+    key = medication_key(reference)
+    return key is None or key not in record.medications
