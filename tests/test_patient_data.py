@@ -278,3 +278,46 @@ def test_an_unselected_draft_need_not_be_identified(client):
                         drafts=[_order_by_reference("Medication/lz"), lorazepam("mr-2")],
                         selections=["MedicationRequest/mr-2"])
     assert topics(assert_conformant(call(client, body, "ptsd-order-select"))) == ["benzodiazepine-avoid"]
+
+
+@pytest.mark.parametrize("protocol", ["HTTP/1.0", "HTTP/1.1"])  # closing and keep-alive connections
+def test_a_fhir_server_trickling_its_body_cannot_outlast_the_time_budget(make_app, protocol):
+    """Per-read socket timeouts do not bound a server sending a byte every 0.2 s; the budget does.
+
+    A real loopback server (not `responses`), stopped by the test."""
+    import http.server
+    import socketserver
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        protocol_version = protocol
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fhir = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+        client = make_app(fhir_total_budget=1.0, fhir_read_timeout=0.8).test_client()
+        started = time.monotonic()
+        text = assert_outcome(call(client, hook_request("patient-view", fhir_server=fhir)), 412)
+        elapsed = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert elapsed < 3.0, elapsed
+    assert "time budget" in text

@@ -28,7 +28,7 @@ import requests
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
-from cds_service.http_body import BodyTooLarge, read_capped
+from cds_service.http_body import BodyTimedOut, BodyTooLarge, read_capped
 
 log = logging.getLogger("ptsd_cds.auth")
 
@@ -253,9 +253,11 @@ class JwksFetcher:
         try:
             if resp.status_code != 200:
                 raise JwksError(f"{url}: HTTP {resp.status_code} (redirects are not followed)")
-            body = read_capped(resp, self.max_bytes)
+            body = read_capped(resp, self.max_bytes, deadline=time.monotonic() + sum(self.timeout))
         except BodyTooLarge:
             raise JwksError(f"{url}: larger than {self.max_bytes} bytes") from None
+        except BodyTimedOut:
+            raise JwksError(f"{url}: still sending after {sum(self.timeout):g} s") from None
         except requests.RequestException as exc:
             raise JwksError(f"{url}: could not be read ({type(exc).__name__})") from None
         finally:

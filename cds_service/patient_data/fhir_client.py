@@ -58,7 +58,7 @@ class FhirClient:
     def get(self, url: str) -> Resource:
         absolute = urljoin(self.base, url)
         return self.policy.get_json(self.session, absolute, base=self.base, token=self._token,
-                                    timeout=self._timeout())
+                                    timeout=self._timeout(), deadline=self.deadline.expires)
 
     def read(self, relative: str) -> Resource | None:
         """A FHIR read (``Patient/123``); None when the server says 404/410 (no such resource)."""

@@ -53,7 +53,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as urllib3_connection
 
 from cds_service.config import ConfigError
-from cds_service.http_body import BodyTooLarge, read_capped
+from cds_service.http_body import BodyTimedOut, BodyTooLarge, read_capped
 
 Resolver = Callable[..., list]
 
@@ -411,7 +411,7 @@ class OutboundPolicy:
                     session.mount(prefix, GuardedAdapter(self))
 
     def get_json(self, session: requests.Session, url: str, *, base: str, token: str | None,
-                 timeout: tuple[float, float]) -> dict:
+                 timeout: tuple[float, float], deadline: float | None = None) -> dict:
         try:
             base_url = parse_url(base)
             target = parse_url(url, allow_query=True)
@@ -449,9 +449,11 @@ class OutboundPolicy:
             if resp.status_code != 200:
                 raise FhirFetchError(f"FHIR server answered HTTP {resp.status_code}", status=resp.status_code)
             try:
-                body = read_capped(resp, cap, self.CHUNK)
+                body = read_capped(resp, cap, self.CHUNK, deadline=deadline)
             except BodyTooLarge:
                 raise FhirFetchError("FHIR response too large") from None
+            except BodyTimedOut:
+                raise FhirFetchError("FHIR response still arriving when the time budget ran out") from None
             except requests.RequestException as exc:
                 raise FhirFetchError(f"FHIR response could not be read ({type(exc).__name__})") from None
         finally:
