@@ -24,3 +24,7 @@ errorlog = "-"
 loglevel = "warning"
 limit_request_line = 8190
 limit_request_fields = 100
+# Room for a signed JWT in Authorization (the authenticator caps tokens at 16 KiB itself).
+# Requests gunicorn refuses at the HTTP level (oversized headers or URL, malformed framing) get
+# gunicorn's own short plain-text answer, not an OperationOutcome: put a reverse proxy in front.
+limit_request_field_size = 16384 + 64

@@ -81,3 +81,12 @@ def test_unreadable_resources_are_counted_in_the_log_line(client, caplog):
     client.post("/cds-services/ptsd-patient-view", data=json.dumps(body), content_type="application/json")
     (line,) = access_lines(caplog)
     assert line["unreadable"] == {"Condition": 1}
+
+
+def test_calls_that_match_no_route_or_method_are_logged_too(client, caplog):
+    caplog.set_level(logging.INFO, logger="ptsd_cds")
+    client.get("/cds-services/ptsd-patient-view")  # 405
+    client.get("/no-such-page/" + "x" * 5000)  # 404, long path
+    lines = access_lines(caplog)
+    assert [line["status"] for line in lines] == [405, 404]
+    assert len(lines[1]["path"]) <= 200

@@ -34,18 +34,21 @@ _FEEDBACK = FeedbackRequestSchema()
 
 
 # --- cross-cutting: timing, authentication, the access log ----------------------------------
-@bp.before_request
+# App-wide hooks: they also run for calls that match no route (404) or no method (405), so
+# every call gets its log line. Authentication applies to this blueprint's endpoints only.
+@bp.before_app_request
 def _authenticate() -> None:
     g.started = time.perf_counter()
     g.log = {}
     g.identity = ANONYMOUS
-    if request.method == "OPTIONS" or request.endpoint == "cds.health":
+    if request.method == "OPTIONS" or request.blueprint != bp.name or request.endpoint == "cds.health":
         return  # CORS preflights carry no credentials (SANDBOX.md); health checks are public
     c = components()
     try:
         g.identity = c.authenticator.authenticate(request.headers.get("Authorization"), _audience())
     except AuthenticationError as exc:
-        log.warning("authentication failed: %s", exc)
+        log.warning("authentication failed: %s", exc)  # the reason, for the operator (never the token)
+        g.log["auth_error"] = str(exc)[:300]  # also on the call's access line
         raise ApiError(401, "Authentication failed", code="login",
                        headers={"WWW-Authenticate": 'Bearer realm="cds-services"'}) from None
 
@@ -63,12 +66,12 @@ def _audience() -> str | list[str]:
     return called
 
 
-@bp.after_request
+@bp.after_app_request
 def _access_log(resp):
     if request.method != "OPTIONS" and request.endpoint != "cds.health":
         fields: dict[str, Any] = {
             "method": request.method,
-            "path": request.path,
+            "path": request.path[:200],
             "status": resp.status_code,
             "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
         }
