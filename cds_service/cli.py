@@ -18,6 +18,8 @@ from cds_service.config import PREFIX, ConfigError, Settings
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 
+SANDBOX_ISSUER = "https://sandbox.cds-hooks.org"
+
 # What ``make run`` means by "embedded defaults": only variables that are not set are filled in.
 DEVELOPMENT_DEFAULTS = {
     "PTSD_CDS_ENV": "development",
@@ -74,9 +76,12 @@ def _banner(settings: Settings, bind: str, issuers: list[str] | None = None) -> 
     if settings.auth_required:
         lines.append("Client authentication: REQUIRED (signed JWT from a trusted issuer on every call)")
         lines += ["  trusted: " + line for line in issuers or []]
-        if settings.development:
-            lines.append("!! Trusting the CDS Hooks sandbox (https://sandbox.cds-hooks.org), whose private key is "
+        if any(SANDBOX_ISSUER in line for line in issuers or []):
+            lines.append(f"!! Trusting the CDS Hooks sandbox ({SANDBOX_ISSUER}), whose private key is "
                          "public: DEVELOPMENT ONLY, never with real patient data !!")
+        if not settings.public_url:
+            lines.append("Note: PTSD_CDS_PUBLIC_URL is not set, so the JWT aud is checked against the Host "
+                         "header of each call; set it to the external base URL in production (SECURITY.md)")
     else:
         lines.append("!! Client authentication: OFF (PTSD_CDS_AUTH=off) - any caller is accepted. "
                      "DEVELOPMENT AND TESTS ONLY. PTSD_CDS_AUTH=required make run verifies JWTs "

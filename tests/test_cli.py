@@ -51,3 +51,24 @@ def test_check_config_fails_with_a_clear_message(monkeypatch, capsys, env, needl
         monkeypatch.setenv(key, value)
     assert main(["check-config"]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_the_banner_warns_about_the_sandbox_only_when_it_is_trusted(tmp_path):
+    from cds_service.cli import _banner, _issuer_lines
+    from cds_service.config import Settings
+
+    dev_issuers = Path(__file__).resolve().parents[1] / "cds_service" / "data" / "dev-trusted-issuers.json"
+    sandbox = Settings(auth="required", trusted_issuers=str(dev_issuers))
+    assert "Trusting the CDS Hooks sandbox" in _banner(sandbox, "127.0.0.1:8080", _issuer_lines(sandbox))
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()).public_key()))
+    own = tmp_path / "issuers.json"
+    own.write_text(json.dumps({"issuers": [{"iss": "https://ehr.example.org",
+                                            "jwks": {"keys": [{**jwk, "kid": "k1", "use": "sig"}]}}]}))
+    mine = Settings(auth="required", env="development", trusted_issuers=str(own))
+    assert "Trusting the CDS Hooks sandbox" not in _banner(mine, "127.0.0.1:8080", _issuer_lines(mine))
+    off = Settings(auth="off", env="development")
+    text = _banner(off, "127.0.0.1:8080")
+    assert "Trusting the CDS Hooks sandbox" not in text and "OFF" in text
