@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from itertools import accumulate
 from typing import Any
@@ -37,6 +38,24 @@ def nesting_depth(raw: bytes) -> int:
     return max(accumulate(memoryview(brackets).cast("b")))
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity: Python accepts, JSON does not
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")  # 1e999 would become infinity
+    return value
+
+
+def check_charset(mimetype_params: dict[str, str]) -> None:
+    """JSON is UTF-8 (RFC 8259); a body declared in another charset is refused rather than misread."""
+    charset = (mimetype_params.get("charset") or "utf-8").strip().lower()
+    if charset not in ("utf-8", "utf8"):
+        raise ApiError(415, f"JSON must be UTF-8, not charset={charset[:32]}", code="not-supported")
+
+
 def read_body(request, max_body: int) -> bytes:
     """The request body, or 413 when it is larger than ``max_body`` bytes.
 
@@ -65,7 +84,7 @@ def parse_json_body(raw: bytes, mimetype: str | None, *, max_depth: int) -> Any:
         raise ApiError(400, f"JSON nesting deeper than {max_depth} levels is not accepted",
                        code="too-costly")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise ApiError(400, f"The request body is not valid JSON{where}", code="structure") from None

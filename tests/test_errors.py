@@ -188,3 +188,18 @@ def test_oversized_chunked_body_is_413_not_truncated(make_app):
     ok = make_app().test_client().post(URL, input_stream=io.BytesIO(small), content_type="application/json",
                                        headers={"Transfer-Encoding": "chunked"})
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_json_numbers_are_refused(client, number):
+    body = json.dumps(hook_request("patient-view", prefetch=full_prefetch())).replace(
+        '"pat-1"', '"pat-1", "x": ' + number, 1)
+    assert "not valid JSON" in assert_outcome(post(client, URL, body), 400)
+
+
+def test_a_body_declared_in_another_charset_is_415(client):
+    body = json.dumps(hook_request("patient-view", prefetch=full_prefetch()))
+    text = assert_outcome(post(client, URL, body, "application/json; charset=latin-1"), 415)
+    assert "UTF-8" in text
+    ok = post(client, URL, body, "application/json; charset=UTF-8")
+    assert ok.status_code == 200

@@ -94,7 +94,7 @@ def _prefetch(value: Any) -> None:
 
 
 def _absolute_url(value: str) -> None:
-    if not re.match(r"^https?://[^/\s?#]+", value):
+    if not re.match(r"^https?://[^/\s?#]+", value, re.IGNORECASE):
         raise ValidationError("must be an absolute http(s) URL")
 
 
