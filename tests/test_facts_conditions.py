@@ -58,6 +58,19 @@ def test_active_clinical_statuses(clinical):
     assert facts_for(b.condition(clinical=clinical)).has_active_ptsd
 
 
+@pytest.mark.parametrize("abatement", [{"abatementDateTime": "2024-05-01"}, {"abatementString": "resolved 2024"},
+                                       {"abatementBoolean": True}])
+def test_no_status_but_an_abatement_is_not_active(abatement):
+    """FHIR R4 con-4: an abated Condition is inactive, resolved or in remission."""
+    assert not facts_for({**b.condition(clinical=None), **abatement}).has_active_ptsd
+    assert facts_for({**b.condition(clinical=None), "abatementBoolean": False}).has_active_ptsd
+
+
+def test_status_codes_are_read_case_insensitively():
+    assert facts_for(b.condition(clinical="Active")).has_active_ptsd
+    assert not facts_for(b.condition(verification="Refuted")).has_active_ptsd
+
+
 @pytest.mark.parametrize("clinical", ["inactive", "remission", "resolved"])
 def test_inactive_clinical_statuses(clinical):
     assert not facts_for(b.condition(clinical=clinical)).has_active_ptsd

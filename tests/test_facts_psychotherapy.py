@@ -75,6 +75,8 @@ def test_generic_cpt_code_with_therapy_in_text_counts():
     b.procedure(text="Trauma-focused CBT"),
     b.procedure(text="Psychoeducation about prolonged exposure"),
     b.procedure(text="Educational session: what is EMDR?"),
+    b.procedure(text="Prolonged exposure - patient did not attend"),
+    b.procedure(text="EMDR session missed"),
 ])
 def test_not_trauma_focused(procedure):
     assert sessions_for(procedure) == []
@@ -124,3 +126,10 @@ def combined(code: str, session_days_ago: int) -> bool:
 ])
 def test_combined(code, days, expected):
     assert combined(code, days) is expected
+
+
+def test_a_completed_session_dated_in_the_future_does_not_count():
+    future = b.procedure("emdr", PSYCHOTHERAPY, id="f", performed=(TODAY + timedelta(days=30)).isoformat())
+    past = b.procedure("emdr", PSYCHOTHERAPY, id="p", performed=(TODAY - timedelta(days=30)).isoformat())
+    facts = extract_facts(b.record(procedures=[future, past]), today=TODAY, hook="patient-view")
+    assert [s.reference for s in facts.sessions] == ["Procedure/p"]

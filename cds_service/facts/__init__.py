@@ -71,7 +71,9 @@ def extract_facts(
         nightmares=nightmares,
         drugs=drugs,
         draft_drugs=draft_drugs,
-        sessions=extract_sessions(_items(record.procedures), term, skipped),
+        # A "completed" session dated after today is a data error, not treatment received.
+        sessions=[x for x in extract_sessions(_items(record.procedures), term, skipped)
+                  if x.performed is None or x.performed <= today],
         ssri_trials=assess_ssri_trials(drugs, term.thresholds, ptsd_active=bool(ptsd)),
         skipped=skipped.as_dict(),
     )

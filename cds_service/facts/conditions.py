@@ -31,11 +31,28 @@ ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 
 
-def is_active(condition: Resource) -> bool:
-    """Clinical status absent/active/recurrence/relapse and not refuted/entered-in-error."""
-    clinical = first_code(condition.get("clinicalStatus"))
-    verification = first_code(condition.get("verificationStatus"))
-    return (clinical is None or clinical in ACTIVE_CLINICAL) and verification not in EXCLUDED_VERIFICATION
+def _code(concept) -> str | None:
+    code = first_code(concept)
+    return code.strip().lower() if isinstance(code, str) else None  # "Active" is active too
+
+
+def abated(condition: Resource) -> bool:
+    """Any abatement[x] is recorded (abatementBoolean false says it has not abated)."""
+    return any(key.startswith("abatement") and value not in (None, False)
+               for key, value in condition.items())
+
+
+def is_active(condition: Resource, *, abatement: bool | None = None) -> bool:
+    """Clinical status active/recurrence/relapse, or absent without an abatement; and not
+    refuted/entered-in-error. (FHIR R4 invariant con-4: an abated Condition's clinical status is
+    inactive, resolved or remission, so an abatement with no status means it is not active.)"""
+    clinical = _code(condition.get("clinicalStatus"))
+    verification = _code(condition.get("verificationStatus"))
+    if verification in EXCLUDED_VERIFICATION:
+        return False
+    if clinical is None:
+        return not (abated(condition) if abatement is None else abatement)
+    return clinical in ACTIVE_CLINICAL
 
 
 def _matches(condition: Resource, term: Terminology) -> dict[str, dict]:
@@ -77,10 +94,11 @@ def read_condition(condition: Resource, term: Terminology, skipped: SkipCounter 
     if not matches:
         return []
     # An unreadable status is not guessed at (absent would mean active): the Condition is skipped.
+    had_abatement = abated(condition)  # read before the view, which may leave abatement[x] out
     condition = validated_view(condition, elements=_ELEMENT_MODELS, strings=(),
                                required=("code", "clinicalStatus", "verificationStatus"),
                                dates=("onsetDateTime", "recordedDate"), skipped=skipped or SkipCounter())
-    if not is_active(condition):
+    if not is_active(condition, abatement=had_abatement):
         return []
     return [_fact(condition, kind, coding) for kind, coding in sorted(matches.items())]
 
