@@ -52,7 +52,7 @@ def _finite_float(text: str) -> float:
 def check_charset(mimetype_params: dict[str, str]) -> None:
     """JSON is UTF-8 (RFC 8259); a body declared in another charset is refused rather than misread."""
     charset = (mimetype_params.get("charset") or "utf-8").strip().lower()
-    if charset not in ("utf-8", "utf8"):
+    if charset not in ("utf-8", "utf8", "us-ascii", "ascii"):  # ASCII is a subset of UTF-8
         raise ApiError(415, f"JSON must be UTF-8, not charset={charset[:32]}", code="not-supported")
 
 

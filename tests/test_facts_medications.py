@@ -256,11 +256,32 @@ def test_the_last_computable_step_is_used():
     assert one_drug(b.med_request("312941", dosage=list(reversed(titration)))).daily_dose_mg == 400  # by sequence
 
 
-def test_a_dose_range_counts_as_its_upper_end():
-    dosage = {"doseAndRate": [{"doseRange": {"low": {"value": 50, "unit": "mg"}, "high": {"value": 100, "unit": "mg"}}}],
+def test_a_dose_range_keeps_both_ends():
+    """High end: the most that may be given (range check); low end: what is sure to be given (adequacy)."""
+    dosage = {"doseAndRate": [{"doseRange": {"low": {"value": 25, "unit": "mg"}, "high": {"value": 100, "unit": "mg"}}}],
               "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}}
     drug = one_drug(b.med_request("312941", dosage=[dosage]))
-    assert drug.daily_dose_mg == 100 and drug.dose_text.startswith("up to 100 mg/day")
+    assert (drug.daily_dose_low_mg, drug.daily_dose_mg) == (25, 100)
+    assert drug.dose_text.startswith("25 to 100 mg/day")
+    long_range = b.med_request("312941", authored="2026-01-01", validity=("2026-01-01", "2026-06-01"),
+                               status="completed", dosage=[dosage])
+    assert not one_trial(long_range).adequate  # 25 mg/day is all that is sure: not adequate
+
+
+@pytest.mark.parametrize("dosage, mg", [
+    ({**b.dosage(1, "mg"), "sequence": True}, 1),                          # unreadable sequence: order kept
+    ({"doseAndRate": [{"doseQuantity": {"value": 1, "unit": "mg"}}], "timing": {"repeat": {"frequency": True}}},
+     None),                                                               # unreadable frequency: no dose
+])
+def test_an_unreadable_dosage_field_never_drops_the_drug(dosage, mg):
+    drug = one_drug(b.med_request("197901", dosage=[dosage]))
+    assert drug.ingredient == "lorazepam" and drug.daily_dose_mg == mg
+
+
+def test_frequency_with_times_of_day():
+    with_meals = {"doseAndRate": [{"doseQuantity": {"value": 150, "unit": "mg"}}],
+                  "timing": {"repeat": {"frequency": 2, "when": ["C"]}}}
+    assert one_drug(b.med_request("312941", dosage=[with_meals])).daily_dose_mg == 300
 
 
 def test_dose_text():
@@ -356,6 +377,34 @@ def test_expected_supply_duration_and_repeats_give_the_period():
     drug = one_drug(order)
     assert drug.trial_end == date(2026, 5, 30)  # 30 days x 3 dispenses
     assert one_trial(order, conditions=[PTSD]).adequate
+
+
+def test_an_active_order_with_a_stopped_duplicate_is_not_a_failure():
+    active = sertraline(50, status="active", authored_days_ago=39, id="active")
+    duplicate = sertraline(50, weeks=3, status="stopped", authored_days_ago=39, id="dup")
+    trial = one_trial(active, duplicate, conditions=[PTSD])
+    assert not trial.adequate and not trial.failed  # still being taken
+
+
+def test_a_stopped_order_counts_one_fill_not_its_repeats():
+    order = b.med_request("312938", status="stopped", authored="2026-01-01", dosage=[b.dosage(100, "mg")])
+    order["dispenseRequest"] = {"expectedSupplyDuration": {"value": 30, "code": "d"}, "numberOfRepeatsAllowed": 5}
+    assert one_drug(order).trial_end == date(2026, 1, 31)
+
+
+def test_a_huge_repeat_count_is_capped_at_today():
+    order = b.med_request("312938", status="completed", authored="2026-01-01", dosage=[b.dosage(100, "mg")])
+    order["dispenseRequest"] = {"expectedSupplyDuration": {"value": 30, "code": "d"},
+                                "numberOfRepeatsAllowed": 400000}
+    assert one_drug(order).trial_end == TODAY
+
+
+def test_bridging_stops_at_today_and_post_dated_orders_are_not_taken():
+    orders = [b.med_request("312938", id=i, status=st, authored=a, dosage=[b.dosage(100, "mg")])
+              for i, st, a in (("a", "completed", "2026-10-15"), ("b", "active", "2026-11-15"))]
+    post = b.med_request("312938", id="c", status="active", authored="2026-12-15", dosage=[b.dosage(100, "mg")])
+    trial = one_trial(*orders, post, conditions=[PTSD])
+    assert len(trial.orders) == 2 and not trial.adequate  # 44 days so far, not 61
 
 
 def test_a_break_longer_than_the_gap_splits_the_course():

@@ -133,3 +133,9 @@ def test_a_completed_session_dated_in_the_future_does_not_count():
     past = b.procedure("emdr", PSYCHOTHERAPY, id="p", performed=(TODAY - timedelta(days=30)).isoformat())
     facts = extract_facts(b.record(procedures=[future, past]), today=TODAY, hook="patient-view")
     assert [s.reference for s in facts.sessions] == ["Procedure/p"]
+
+
+@pytest.mark.parametrize("text", ["Prolonged exposure therapy session 1: psychoeducation and breathing retraining",
+                                  "EMDR session 5, rescheduled from missed appointment"])
+def test_sessions_that_mention_education_or_a_missed_visit_still_count(text):
+    assert len(sessions_for(b.procedure(text=text))) == 1

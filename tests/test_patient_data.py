@@ -321,3 +321,24 @@ def test_a_fhir_server_trickling_its_body_cannot_outlast_the_time_budget(make_ap
         server.server_close()
     assert elapsed < 3.0, elapsed
     assert "time budget" in text
+
+
+@pytest.mark.parametrize("reference, extra", [
+    ("Medication/lz", {"status": "entered-in-error"}),     # never taken: the rules do not read it
+    ("Medication/lz", {"status": "cancelled"}),
+    ("Medication/lz", {"doNotPerform": True}),
+    ("urn:uuid:0b7e5c5e-0000-4000-8000-000000000000", {}),  # can never be fetched
+    ("Substance/1", {}),
+])
+def test_orders_the_rules_do_not_read_or_cannot_fetch_never_cause_412(client, reference, extra):
+    history = {**_order_by_reference(reference), "id": "old", "status": "completed", **extra}
+    body = hook_request("patient-view", prefetch=full_prefetch(conditions=[ptsd_condition()], medications=[history]))
+    assert "step-1-trauma-focused-psychotherapy" in topics(assert_conformant(call(client, body)))
+
+
+def test_an_identifier_only_reference_is_not_412(client):
+    history = lorazepam("old")
+    del history["medicationCodeableConcept"]
+    history["medicationReference"] = {"identifier": {"system": "urn:local", "value": "LZ1"}}
+    body = hook_request("patient-view", prefetch=full_prefetch(conditions=[ptsd_condition()], medications=[history]))
+    assert_conformant(call(client, body))

@@ -62,7 +62,7 @@ def extract_facts(
     ptsd, nightmares = extract_conditions(_items(record.conditions), term, skipped)
     drugs = bridge_refills(extract_drugs(_items(record.medication_requests), medications, term,
                                          OrderContext(today, term.thresholds), skipped),
-                           term.thresholds.refill_bridge_days)
+                           term.thresholds.refill_bridge_days, today)
     draft_drugs = extract_draft_drugs(_items(record.draft_orders), _items(record.selections), hook,
                                       medications, term, today, skipped)
     return ClinicalFacts(
@@ -74,7 +74,7 @@ def extract_facts(
         # A "completed" session dated after today is a data error, not treatment received.
         sessions=[x for x in extract_sessions(_items(record.procedures), term, skipped)
                   if x.performed is None or x.performed <= today],
-        ssri_trials=assess_ssri_trials(drugs, term.thresholds, ptsd_active=bool(ptsd)),
+        ssri_trials=assess_ssri_trials(drugs, term.thresholds, ptsd_active=bool(ptsd), today=today),
         skipped=skipped.as_dict(),
     )
 

@@ -8,8 +8,9 @@ Decisions (kept deliberately simple; anything we cannot work out gives ``None``,
 * As-needed instructions (``asNeededBoolean`` true or ``asNeededCodeableConcept``) give None:
   the amount actually taken per day is unknown.
 * Dose: ``doseAndRate[].doseQuantity`` (R4; the first entry that has one) or the STU3-style
-  ``Dosage.doseQuantity``; a ``doseRange`` counts as its upper end ("up to"), the most that may be
-  given. Free-text ``Dosage.text`` is not used.
+  ``Dosage.doseQuantity``. A ``doseRange`` gives its upper end (the most that may be given, for the
+  range check) and its low end (what is sure to be given, for trial adequacy). Free-text
+  ``Dosage.text`` is not used. An unreadable instruction gives no dose; the order still counts.
 * Units: mg; g (x1000); mcg/ug (/1000). Tablet/capsule units (``tablet``, ``TAB``, ``{tbl}``,
   ``capsule`` ...) and a **unitless** quantity (Synthea writes ``{"value": 1}``) are multiplied by
   the strength parsed from the drug name ("sertraline 50 MG Oral Tablet", "Sertraline 100MG",
@@ -31,7 +32,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from cds_service.facts.fhir_read import as_dict, as_list, as_number, as_str, codings
+from cds_service.facts.fhir_read import Malformed, as_dict, as_list, as_number, as_str, codings
 
 PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.0, "a": 365.0}
 PERIOD_WORDS = {"s": "second", "min": "minute", "h": "hour", "d": "day", "wk": "week", "mo": "month", "a": "year"}
@@ -56,8 +57,9 @@ _MASS_UNIT = r"(mg|mcg|g)"
 
 @dataclass(frozen=True)
 class DailyDose:
-    mg_per_day: float
+    mg_per_day: float  # the most per day (the high end of a range)
     text: str  # e.g. "50 mg/day (50 mg, 1 × per day)"
+    low_mg_per_day: float | None = None  # the low end, when the dose is a range
 
 
 def fmt(x: float) -> str:
@@ -95,17 +97,20 @@ def concentration_mg_per_ml(name: str | None, ingredient: str) -> float | None:
 
 
 # --- one administration --------------------------------------------------------------------------
-def _dose_quantity(dosage: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
-    """(quantity of one administration, whether it is the upper end of a range)."""
+def _dose_quantity(dosage: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
+    """(quantity of one administration, the low end, whether it is a range).
+
+    For a ``doseRange`` the quantity is its high end (the most that may be given)."""
     for dr in as_list(dosage.get("doseAndRate")):
         quantity = as_dict(as_dict(dr).get("doseQuantity")) if dr is not None else None
         if quantity:
-            return quantity, False
+            return quantity, None, False
     for dr in as_list(dosage.get("doseAndRate")):
-        high = as_dict((as_dict(as_dict(dr).get("doseRange")) or {}).get("high")) if dr is not None else None
+        dose_range = as_dict(as_dict(dr).get("doseRange")) if dr is not None else None
+        high = as_dict((dose_range or {}).get("high"))
         if high:
-            return high, True
-    return as_dict(dosage.get("doseQuantity")), False  # STU3 shape
+            return high, as_dict((dose_range or {}).get("low")), True
+    return as_dict(dosage.get("doseQuantity")), None, False  # STU3 shape
 
 
 def _unit(quantity: dict[str, Any]) -> str | None:
@@ -153,7 +158,10 @@ def _from_repeat(repeat: dict[str, Any]) -> tuple[float, str] | None:
     unit = as_str(repeat.get("periodUnit"))
     if period is None and unit is None:
         when = as_list(repeat.get("when"))
-        return (float(len(when)), f"{len(when)} × per day") if when else None
+        if not when:
+            return None
+        times = max(len(when), int(frequency or 0))  # frequency 2 "with meals" [C] is still twice
+        return float(times), f"{times} × per day"
     frequency = 1.0 if frequency is None else frequency
     period = 1.0 if period is None else period
     days = PERIOD_DAYS.get(unit or "d")
@@ -194,27 +202,39 @@ def _one_daily_dose(dosage: Any, names: Sequence[str], ingredient: str) -> Daily
     dosage = as_dict(dosage)
     if not dosage or _is_as_needed(dosage):
         return None
-    quantity, upper = _dose_quantity(dosage)
+    quantity, low_quantity, is_range = _dose_quantity(dosage)
     dose = dose_per_administration(quantity, names, ingredient) if quantity else None
     freq = administrations_per_day(dosage.get("timing")) if dose else None
     if dose is None or freq is None:
         return None
     mg_day = dose[0] * freq[0]
-    prefix = "up to " if upper else ""
-    return DailyDose(mg_day, f"{prefix}{fmt(mg_day)} mg/day ({prefix}{dose[1]}, {freq[1]})")
+    if not is_range:
+        return DailyDose(mg_day, f"{fmt(mg_day)} mg/day ({dose[1]}, {freq[1]})")
+    low = dose_per_administration(low_quantity, names, ingredient) if low_quantity else None
+    low_day = low[0] * freq[0] if low else 0.0  # no low end: nothing is sure to be given
+    return DailyDose(mg_day, f"{fmt(low_day)} to {fmt(mg_day)} mg/day (up to {dose[1]}, {freq[1]})", low_day)
 
 
 def _step_order(indexed: tuple[int, Any]) -> tuple[float, int]:
     index, dosage = indexed
-    sequence = as_number((as_dict(dosage) or {}).get("sequence"))
+    try:
+        sequence = as_number((as_dict(dosage) or {}).get("sequence"))
+    except Malformed:
+        sequence = None  # an unreadable sequence: the instruction keeps its written place
     return (sequence if sequence is not None else float(index), index)
 
 
 def daily_dose(dosages: Any, names: Sequence[str], ingredient: str) -> DailyDose | None:
     """Daily dose of the last dosage step (by ``sequence``, else as written) that has one, else None."""
-    steps = [d for _, d in sorted(enumerate(as_list(dosages)), key=_step_order)]
+    try:
+        steps = [d for _, d in sorted(enumerate(as_list(dosages)), key=_step_order)]
+    except Malformed:
+        return None  # dosageInstruction is not a list
     for dosage in reversed(steps):
-        result = _one_daily_dose(dosage, names, ingredient)
+        try:
+            result = _one_daily_dose(dosage, names, ingredient)
+        except Malformed:
+            continue  # an unreadable step gives no dose; the order itself still counts
         if result is not None:
             return result
     return None

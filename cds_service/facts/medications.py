@@ -236,7 +236,8 @@ def trial_period(authored: date | None, start: date | None, end: date | None, cu
     elif current:
         trial_end = today
     elif trial_start is not None and supply_days:
-        trial_end = min(trial_start + timedelta(days=round(supply_days)), today)
+        days = min(supply_days, max(0, (today - trial_start).days))  # also keeps the date in range
+        trial_end = trial_start + timedelta(days=round(days))
     else:
         trial_end = trial_start
     if trial_start and trial_end and trial_end < trial_start:
@@ -249,7 +250,9 @@ DURATION_DAYS = {"d": 1.0, "day": 1.0, "days": 1.0, "wk": 7.0, "week": 7.0, "wee
 
 
 def supply_days(request: Resource) -> float | None:
-    """Days a dispense covers, times the dispenses allowed (first fill + repeats), or None."""
+    """Days a dispense covers, times the dispenses allowed (first fill + repeats), or None.
+
+    A ``stopped`` order ended before all its dispenses: only the first fill is counted."""
     dispense = as_dict(request.get("dispenseRequest")) or {}
     duration = as_dict(dispense.get("expectedSupplyDuration"))
     if not duration:
@@ -260,10 +263,12 @@ def supply_days(request: Resource) -> float | None:
     if value is None or value <= 0 or per_day is None:
         return None
     repeats = as_number(dispense.get("numberOfRepeatsAllowed")) or 0
+    if request.get("status") == "stopped":
+        repeats = 0
     return value * per_day * (1 + max(0, repeats))
 
 
-def bridge_refills(drugs: list[DrugFact], bridge_days: int) -> list[DrugFact]:
+def bridge_refills(drugs: list[DrugFact], bridge_days: int, today: date | None = None) -> list[DrugFact]:
     """Refills: an order of a drug whose end is unknown lasted until the next order of that drug,
     when that one was written within ``bridge_days`` (monthly renewals without end dates are one
     course, not a row of one-day trials). Record order is kept."""
@@ -279,7 +284,8 @@ def bridge_refills(drugs: list[DrugFact], bridge_days: int) -> list[DrugFact]:
             unknown_end = d.period_end is None and not d.is_current and d.trial_end == d.trial_start
             gap = (nxt.trial_start - d.trial_start).days
             if unknown_end and 0 < gap <= bridge_days:
-                out[i] = replace(d, trial_end=nxt.trial_start)
+                end = nxt.trial_start if today is None else min(nxt.trial_start, today)
+                out[i] = replace(d, trial_end=max(end, d.trial_start))
     return out
 
 
@@ -363,6 +369,7 @@ def read_medication_request(request: Resource, medications: dict[str, Resource],
         daily_dose_mg=dose.mg_per_day if dose else None, dose_text=dose.text if dose else None,
         is_current=current, is_draft_order=ctx.is_draft, is_selected=ctx.selected,
         trial_start=trial_start, trial_end=trial_end, intent=as_str(request.get("intent")),
+        daily_dose_low_mg=dose.low_mg_per_day if dose else None,
     )
 
 

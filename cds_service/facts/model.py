@@ -21,6 +21,11 @@ MatchedBy = Literal["valueset", "ingredient", "name", "code-map"]
 # before any administration, "entered-in-error", "draft" = not yet ordered. Every other status
 # (active, on-hold, completed, stopped, unknown) is a course of the drug that counts for the rules.
 NEVER_TAKEN_STATUSES = frozenset({"cancelled", "entered-in-error", "draft"})
+# Statuses of an order being placed: draft, or active/on-hold when order-sign fires again for a
+# revised order (hook library order-sign 1.1.0). A stopped, cancelled, completed or
+# entered-in-error order in draftOrders is a discontinuation or a correction, not a new
+# prescription: warning about it (and suggesting to delete it) would undo what the clinician did.
+ORDERS_BEING_PLACED = frozenset({"draft", "active", "on-hold"})
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class DrugFact:
     trial_end: date | None  # validity end, or today while current
     # Intent: "order" etc.; kept for display only
     intent: str | None = None
+    # The low end when the dose is a range ("1 to 4 tablets"); daily_dose_mg is then the high end.
+    daily_dose_low_mg: float | None = None
 
     @property
     def was_taken(self) -> bool:

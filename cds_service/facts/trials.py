@@ -11,8 +11,10 @@ break: the periods of the orders at or above that dose are joined when each star
 §6/§11). An order whose daily dose is unknown never counts towards adequacy.
 
 It has **failed** when it was adequate and PTSD is still active, or when the drug was stopped
-(its latest order has status ``stopped``) before becoming adequate. A titration step that was
-stopped and followed by a higher dose of the same drug is not a failure.
+before becoming adequate: none of its orders is current and the one that ended last has status
+``stopped``. A titration step that was stopped and followed by a higher dose of the same drug is
+not a failure. An order given as a dose range counts with its low end; an order that starts after
+today has not been taken yet.
 """
 
 from __future__ import annotations
@@ -44,17 +46,30 @@ def longest_run_days(periods: list[tuple[date, date]], gap_days: int) -> int:
     return best
 
 
+def _adequacy_dose(drug: DrugFact) -> float | None:
+    """The dose that counts towards adequacy: the low end when the order gives a range."""
+    return drug.daily_dose_low_mg if drug.daily_dose_low_mg is not None else drug.daily_dose_mg
+
+
+def _stopped_early(orders: list[DrugFact]) -> bool:
+    """The drug was stopped: none of its orders is current, and the one that ended last is ``stopped``."""
+    if any(d.is_current for d in orders):
+        return False
+    last = max(orders, key=lambda d: (d.trial_end or d.trial_start or date.min))
+    return last.status == "stopped"
+
+
 def assess_drug(orders: list[DrugFact], thresholds: Thresholds, ptsd_active: bool) -> SsriTrial:
     """One course of one SSRI from its taken orders (at least one)."""
     orders = sorted(orders, key=lambda d: (d.trial_start or date.min, d.trial_end or date.min))
     latest = orders[-1]
     min_dose = thresholds.ssri_min_daily_dose_mg.get(latest.ingredient)
     at_dose = [p for d in orders
-               if d.daily_dose_mg is not None and min_dose is not None and d.daily_dose_mg >= min_dose
+               if (dose := _adequacy_dose(d)) is not None and min_dose is not None and dose >= min_dose
                and (p := _period(d)) is not None]
     days = longest_run_days(at_dose, thresholds.ssri_trial_gap_days)
     adequate = bool(at_dose) and days >= thresholds.ssri_min_weeks * 7
-    failed = (adequate and ptsd_active) or (latest.status == "stopped" and not adequate)
+    failed = (adequate and ptsd_active) or (_stopped_early(orders) and not adequate)
     periods = [p for d in orders if (p := _period(d)) is not None]
     start = min((p[0] for p in periods), default=None)
     end = max((p[1] for p in periods), default=None)
@@ -76,10 +91,12 @@ def _reason(latest: DrugFact, n_orders: int, days_at_dose: int, min_dose: float 
             f"{verdict}{tail}")
 
 
-def assess_ssri_trials(drugs: list[DrugFact], thresholds: Thresholds, ptsd_active: bool) -> list[SsriTrial]:
+def assess_ssri_trials(drugs: list[DrugFact], thresholds: Thresholds, ptsd_active: bool,
+                       today: date | None = None) -> list[SsriTrial]:
     """One SsriTrial per SSRI taken, in record order (drafts and never-taken orders excluded)."""
     by_drug: dict[str, list[DrugFact]] = {}
     for d in drugs:
-        if d.drug_class == "ssri" and d.was_taken:
+        post_dated = today is not None and d.trial_start is not None and d.trial_start > today
+        if d.drug_class == "ssri" and d.was_taken and not post_dated:
             by_drug.setdefault(d.ingredient, []).append(d)
     return [assess_drug(orders, thresholds, ptsd_active) for orders in by_drug.values()]

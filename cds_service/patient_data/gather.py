@@ -27,6 +27,7 @@ from cds_service.errors import ApiError
 from cds_service.patient_data.fhir_client import Deadline, FhirClient, bundle_resources, next_link
 from cds_service.patient_data.outbound import (FhirAddressRefused, FhirFetchError, FhirServerRefused,
                                                OutboundPolicy)
+from cds_service.facts.model import NEVER_TAKEN_STATUSES, ORDERS_BEING_PLACED
 from cds_service.patient_data.record import PatientRecord, Resource
 from cds_service.services import PREFETCH_KEYS, PrefetchKey
 
@@ -222,11 +223,15 @@ def medication_key(reference: str) -> str | None:
 
 
 def _orders_to_identify(record: PatientRecord, hook: str | None) -> list[Resource]:
-    """MedicationRequests whose drug the rules must know: the record's, and the drafts the hook checks."""
-    drafts = [r for r in record.draft_orders if r.get("resourceType") == "MedicationRequest"]
-    if hook == "order-select":
-        drafts = record.selected_draft_orders()
-    return [r for r in record.medication_requests if r.get("resourceType") == "MedicationRequest"] + drafts
+    """MedicationRequests whose drug the rules read: the record's orders that were taken, and the
+    drafts being placed that the hook checks (see rules.common.ORDERS_BEING_PLACED)."""
+    def ordinary(r: Resource) -> bool:
+        return r.get("resourceType") == "MedicationRequest" and r.get("doNotPerform") is not True
+
+    drafts = record.selected_draft_orders() if hook == "order-select" else record.draft_orders
+    drafts = [r for r in drafts if ordinary(r) and r.get("status") in (None, *ORDERS_BEING_PLACED)]
+    taken = [r for r in record.medication_requests if ordinary(r) and r.get("status") not in NEVER_TAKEN_STATUSES]
+    return taken + drafts
 
 
 def _resolve_medications(record: PatientRecord, get_client, settings, hook: str | None = None) -> None:
@@ -274,19 +279,17 @@ def _resolve_medications(record: PatientRecord, get_client, settings, hook: str 
 
 
 def _unidentified(request: Resource, record: PatientRecord) -> bool:
+    """A Medication reference that prefetch or fhirServer should have supplied, and did not.
+
+    References that can never be fetched (contained ``#id``, ``urn:uuid:``, identifier-only, another
+    resource type) are left to the facts stage, which reads a display or skips and counts the order:
+    a 412 for them would fail every call for that patient, for good.
+    """
     if "medicationCodeableConcept" in request:
         return False
     ref = request.get("medicationReference")
-    if not isinstance(ref, dict):
-        return False  # no medication at all: nothing to identify (the facts stage skips it)
-    if isinstance(ref.get("display"), str) and ref["display"].strip():
+    if not isinstance(ref, dict) or (isinstance(ref.get("display"), str) and ref["display"].strip()):
         return False
     reference = ref.get("reference")
-    if not isinstance(reference, str):
-        return True
-    if reference.startswith("#"):
-        contained = request.get("contained")
-        return not (isinstance(contained, list) and any(
-            isinstance(c, dict) and c.get("id") == reference[1:] for c in contained))
-    key = medication_key(reference)
-    return key is None or key not in record.medications
+    key = medication_key(reference) if isinstance(reference, str) else None
+    return key is not None and key not in record.medications

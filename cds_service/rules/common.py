@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cds_service.facts.model import ClinicalFacts, DrugFact
+from cds_service.facts.model import ORDERS_BEING_PLACED, ClinicalFacts, DrugFact
 from cds_service.rules.finding import ORDER_SELECT, ORDER_SIGN
 
 
@@ -15,11 +15,7 @@ def tried(facts: ClinicalFacts, ingredient: str) -> list[DrugFact]:
     return [d for d in facts.ever_taken(ingredient) if d.was_taken]
 
 
-# Statuses of an order being placed: draft, or active/on-hold when order-sign fires again for a
-# revised order (hook library order-sign 1.1.0). A stopped, cancelled, completed or
-# entered-in-error order in draftOrders is a discontinuation or a correction, not a new
-# prescription: warning about it (and suggesting to delete it) would undo what the clinician did.
-ORDERS_BEING_PLACED = frozenset({"draft", "active", "on-hold"})
+
 
 
 def orders_to_check(hook: str, facts: ClinicalFacts) -> list[DrugFact]:

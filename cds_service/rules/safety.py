@@ -77,10 +77,15 @@ def dose_out_of_range(hook: str, facts: ClinicalFacts) -> list[Finding]:
     findings = []
     for order in orders_to_check(hook, facts):
         limits = GUIDELINE.dose_ranges.get(order.ingredient)
-        if (limits is None or order.daily_dose_mg is None or not limits.applies_to(order.label)
-                or limits.contains(order.daily_dose_mg)):
+        if limits is None or order.daily_dose_mg is None or not limits.applies_to(order.label):
             continue
-        direction = "above" if order.daily_dose_mg > limits.max_mg else "below"
+        low = order.daily_dose_low_mg if order.daily_dose_low_mg is not None else order.daily_dose_mg
+        if order.daily_dose_mg > limits.max_mg:
+            direction = "above"  # the most that may be given (a range's high end) is too much
+        elif low < limits.min_mg:
+            direction = "below"  # the least that may be given (a range's low end) is too little
+        else:
+            continue
         values = {
             **_order_values(order),
             "direction": direction,
