@@ -7,7 +7,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 

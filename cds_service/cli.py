@@ -14,7 +14,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from cds_service.config import PREFIX, ConfigError, Settings
+from cds_service.config import ConfigError, Settings
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 

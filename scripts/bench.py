@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.builders import (full_prefetch, hook_request, lorazepam, med_request, ptsd_condition,  # noqa: E402
-                            searchset, sertraline)
+                            sertraline)
 
 SYNTHEA = ROOT.parent / "shared" / "samples" / "synthea"
 
@@ -119,7 +119,7 @@ def bench_http(n: int) -> None:
                     break
             except requests.RequestException:
                 time.sleep(0.1)
-        print(f"HTTP (gunicorn, 2 workers x 4 threads, loopback, sequential keep-alive)")
+        print("HTTP (gunicorn, 2 workers x 4 threads, loopback, sequential keep-alive)")
         for name, (service, body) in scenarios().items():
             raw = json.dumps(body)
             runs = n if len(raw) < 100_000 else max(20, n // 10)
