@@ -128,11 +128,12 @@ def test_a_benzodiazepine_order_with_an_odd_dose_shape_is_still_warned_about(cli
     assert "lorazepam" in result["cards"][0]["summary"]
 
 
-@pytest.mark.parametrize("junk", [{"id": ["a", "list"]}, {"id": {"an": "object"}}, {"resourceType": ["Condition"]}])
+@pytest.mark.parametrize("junk", [{"id": ["a", "list"]}, {"id": {"an": "object"}}, {"resourceType": ["Condition"]},
+                                  {"status": ["active"]}, {"status": {"code": "active"}}])
 def test_prefetch_resources_with_malformed_ids_or_types_do_not_fail_the_call(client, junk):
     """Found by fuzzing: an unhashable id or resourceType in prefetch used to raise (500)."""
     broken = {**ptsd_condition("c-2"), **junk}
-    prefetch = full_prefetch(conditions=[ptsd_condition(), broken])
+    prefetch = full_prefetch(conditions=[ptsd_condition(), broken], medications=[{**lorazepam("m-2"), **junk}])
     prefetch["patient"] = {**prefetch["patient"], **junk}
     result = assert_conformant(call(client, "ptsd-patient-view", hook_request("patient-view", prefetch=prefetch)))
     assert "step-1-trauma-focused-psychotherapy" in topics(result)

@@ -228,9 +228,13 @@ def _orders_to_identify(record: PatientRecord, hook: str | None) -> list[Resourc
     def ordinary(r: Resource) -> bool:
         return r.get("resourceType") == "MedicationRequest" and r.get("doNotPerform") is not True
 
+    def status(r: Resource) -> str | None:
+        value = r.get("status")
+        return value if isinstance(value, str) else None  # a malformed status is read as absent
+
     drafts = record.selected_draft_orders() if hook == "order-select" else record.draft_orders
-    drafts = [r for r in drafts if ordinary(r) and r.get("status") in (None, *ORDERS_BEING_PLACED)]
-    taken = [r for r in record.medication_requests if ordinary(r) and r.get("status") not in NEVER_TAKEN_STATUSES]
+    drafts = [r for r in drafts if ordinary(r) and (status(r) is None or status(r) in ORDERS_BEING_PLACED)]
+    taken = [r for r in record.medication_requests if ordinary(r) and status(r) not in NEVER_TAKEN_STATUSES]
     return taken + drafts
 
 
