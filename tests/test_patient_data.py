@@ -342,3 +342,4 @@ def test_an_identifier_only_reference_is_not_412(client):
     history["medicationReference"] = {"identifier": {"system": "urn:local", "value": "LZ1"}}
     body = hook_request("patient-view", prefetch=full_prefetch(conditions=[ptsd_condition()], medications=[history]))
     assert_conformant(call(client, body))
+

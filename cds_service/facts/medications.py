@@ -58,6 +58,7 @@ from cds_service.facts.fhir_read import (
 )
 from cds_service.facts.model import Code, DrugFact
 from cds_service.facts.terminology import DrugMatch, Terminology, Thresholds
+from cds_service.patient_data.record import relative_reference
 
 MATCH_RANK = {"valueset": 0, "ingredient": 1, "code-map": 2, "name": 3}
 # STU3-style dose elements directly on Dosage: read by dosing.py, not valid R4 (kept out of validation).
@@ -90,12 +91,6 @@ class OrderContext:
 
 
 # --- medication resolution -----------------------------------------------------------------------
-def _relative_reference(ref: str) -> str:
-    """'http://x/fhir/Medication/1/_history/2' -> 'Medication/1'."""
-    parts = [p for p in ref.split("/_history/")[0].split("/") if p]
-    return "/".join(parts[-2:]) if len(parts) >= 2 else ref
-
-
 def _add_medication(info: MedicationInfo, medication: Resource) -> None:
     """Add a Medication's code, ingredient codes and form (shapes checked here: raises Malformed)."""
     concepts = [medication.get("code")]
@@ -137,7 +132,7 @@ def resolve_medication(request: Resource, medications: dict[str, Resource], use_
             info.contained.append(medication)
             _add_medication(info, medication)
     elif ref and use_record:
-        medication = medications.get(ref) or medications.get(_relative_reference(ref))
+        medication = medications.get(ref) or medications.get(relative_reference(ref))
         if medication is not None:
             info.record_medication = medication
             try:
@@ -381,7 +376,7 @@ def extract_drugs(requests: Iterable[Resource], medications: dict[str, Resource]
 
 
 def _selection_key(ref: str) -> str:
-    return _relative_reference(ref.strip()) if isinstance(ref, str) else ""
+    return relative_reference(ref) if isinstance(ref, str) else ""
 
 
 def extract_draft_drugs(draft_orders: Iterable[Resource], selections: Iterable[str], hook: str,

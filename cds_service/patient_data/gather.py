@@ -28,7 +28,7 @@ from cds_service.patient_data.fhir_client import Deadline, FhirClient, bundle_re
 from cds_service.patient_data.outbound import (FhirAddressRefused, FhirFetchError, FhirServerRefused,
                                                OutboundPolicy)
 from cds_service.facts.model import NEVER_TAKEN_STATUSES, ORDERS_BEING_PLACED
-from cds_service.patient_data.record import PatientRecord, Resource
+from cds_service.patient_data.record import PatientRecord, Resource, relative_reference
 from cds_service.services import PREFETCH_KEYS, PrefetchKey
 
 log = logging.getLogger("ptsd_cds.patient_data")
@@ -216,10 +216,8 @@ def _add_draft_orders(record: PatientRecord, context: dict[str, Any]) -> None:
 
 def medication_key(reference: str) -> str | None:
     """``Medication/<id>`` for a relative, absolute or versioned reference to a Medication, else None."""
-    parts = [p for p in reference.split("/_history/")[0].split("?")[0].split("/") if p]
-    if len(parts) >= 2 and parts[-2] == "Medication" and "#" not in parts[-1]:
-        return f"Medication/{parts[-1]}"
-    return None
+    key = relative_reference(reference)
+    return key if key.startswith("Medication/") and "#" not in key else None
 
 
 def _orders_to_identify(record: PatientRecord, hook: str | None) -> list[Resource]:

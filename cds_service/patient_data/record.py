@@ -14,6 +14,16 @@ from typing import Any
 Resource = dict[str, Any]
 
 
+def relative_reference(reference: str) -> str:
+    """``Type/id`` of a relative, absolute or versioned reference; anything else unchanged.
+
+    'http://x/fhir/Medication/1/_history/2' -> 'Medication/1'. Both the patient-data and the
+    clinical-facts stage match references with it, so they always agree on what is referenced.
+    """
+    parts = [p for p in reference.strip().split("/_history/")[0].split("?")[0].split("/") if p]
+    return "/".join(parts[-2:]) if len(parts) >= 2 else reference
+
+
 @dataclass
 class PatientRecord:
     """What is known about one patient for one hook call."""
@@ -37,5 +47,5 @@ class PatientRecord:
 
     def selected_draft_orders(self) -> list[Resource]:
         """Draft orders named in ``selections`` (matched on ``resourceType/id``; entries may lack fullUrl)."""
-        wanted = set(self.selections)
+        wanted = {relative_reference(s) for s in self.selections}
         return [r for r in self.draft_orders if f"{r.get('resourceType')}/{r.get('id')}" in wanted]
