@@ -65,7 +65,7 @@ class FhirClient:
         try:
             return self.get(relative)
         except FhirFetchError as exc:
-            if getattr(exc, "status", None) in (404, 410):
+            if exc.status in (404, 410):
                 return None
             raise
 

@@ -5,25 +5,22 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from cds_service.schemas.common import NON_EMPTY, TolerantSchema
 
 # RFC 3339 date-time (FB-03 asks for UTC; offsets are accepted and stored as sent).
 RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
-class _Tolerant(Schema):
-    class Meta:
-        unknown = EXCLUDE
+class CodingSchema(TolerantSchema):
+    code = fields.String(required=True, validate=NON_EMPTY)
+    system = fields.String(required=True, validate=NON_EMPTY)
+    display = fields.String(validate=NON_EMPTY)  # FB-08: not required
 
 
-class CodingSchema(_Tolerant):
-    code = fields.String(required=True, validate=validate.Length(min=1))
-    system = fields.String(required=True, validate=validate.Length(min=1))
-    display = fields.String(validate=validate.Length(min=1))  # FB-08: not required
-
-
-class OverrideReasonSchema(_Tolerant):
+class OverrideReasonSchema(TolerantSchema):
     reason = fields.Nested(CodingSchema)
     userComment = fields.String(validate=validate.Length(min=1, max=4000))
 
@@ -33,14 +30,14 @@ class OverrideReasonSchema(_Tolerant):
             raise ValidationError("overrideReason needs a reason or a userComment")
 
 
-class AcceptedSuggestionSchema(_Tolerant):
-    id = fields.String(required=True, validate=validate.Length(min=1))
+class AcceptedSuggestionSchema(TolerantSchema):
+    id = fields.String(required=True, validate=NON_EMPTY)
 
 
-class FeedbackItemSchema(_Tolerant):
+class FeedbackItemSchema(TolerantSchema):
     card = fields.String(required=True, validate=validate.Length(min=1, max=128))
     outcome = fields.String(required=True, validate=validate.OneOf(["accepted", "overridden"]))  # cds-fb-1
-    acceptedSuggestions = fields.List(fields.Nested(AcceptedSuggestionSchema), validate=validate.Length(min=1))
+    acceptedSuggestions = fields.List(fields.Nested(AcceptedSuggestionSchema), validate=NON_EMPTY)
     overrideReason = fields.Nested(OverrideReasonSchema)
     outcomeTimestamp = fields.String(required=True, validate=validate.Regexp(
         RFC3339, error="must be an RFC 3339 date-time, e.g. 2026-11-28T12:00:00Z"))
@@ -51,6 +48,6 @@ class FeedbackItemSchema(_Tolerant):
             raise ValidationError("an accepted outcome needs acceptedSuggestions", "acceptedSuggestions")
 
 
-class FeedbackRequestSchema(_Tolerant):
+class FeedbackRequestSchema(TolerantSchema):
     feedback = fields.List(fields.Nested(FeedbackItemSchema), required=True,
                            validate=validate.Length(min=1, max=500))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from cds_service.schemas.common import NON_EMPTY, TolerantSchema
 
 # FHIR id datatype: [A-Za-z0-9\-\.]{1,64}. Enforced because patientId goes into FHIR query URLs.
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -23,24 +25,17 @@ USER_TYPES = {
     "order-sign": ("Practitioner", "PractitionerRole"),
 }
 
-NonEmpty = validate.Length(min=1)
 
-
-class _Tolerant(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-
-class FhirAuthorizationSchema(_Tolerant):
-    access_token = fields.String(required=True, validate=NonEmpty)
+class FhirAuthorizationSchema(TolerantSchema):
+    access_token = fields.String(required=True, validate=NON_EMPTY)
     token_type = fields.String(required=True, validate=validate.OneOf(["Bearer", "bearer"]))
     expires_in = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
-    scope = fields.String(required=True, validate=NonEmpty)
-    subject = fields.String(required=True, validate=NonEmpty)
+    scope = fields.String(required=True, validate=NON_EMPTY)
+    subject = fields.String(required=True, validate=NON_EMPTY)
     patient = fields.String(validate=validate.Regexp(FHIR_ID))
 
 
-class _BaseContext(_Tolerant):
+class _BaseContext(TolerantSchema):
     hook: str = ""
     userId = fields.String(required=True, validate=validate.Regexp(
         REFERENCE, error="must be 'ResourceType/id', e.g. 'Practitioner/123'"))
@@ -78,7 +73,7 @@ class OrderSelectContext(OrderSignContext):
     hook = "order-select"
     selections = fields.List(
         fields.String(validate=validate.Regexp(REFERENCE, error="must be 'ResourceType/id'")),
-        required=True, validate=NonEmpty)
+        required=True, validate=NON_EMPTY)
 
 
 CONTEXT_SCHEMAS: dict[str, type[Schema]] = {
@@ -98,8 +93,8 @@ def _absolute_url(value: str) -> None:
         raise ValidationError("must be an absolute http(s) URL")
 
 
-class HookRequestSchema(_Tolerant):
-    hook = fields.String(required=True, validate=NonEmpty)
+class HookRequestSchema(TolerantSchema):
+    hook = fields.String(required=True, validate=NON_EMPTY)
     hookInstance = fields.String(required=True, validate=validate.Length(min=1, max=128))
     fhirServer = fields.String(validate=_absolute_url)
     fhirAuthorization = fields.Nested(FhirAuthorizationSchema)

@@ -9,38 +9,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
-NonEmpty = validate.Length(min=1)
-
-
-class _Strict(Schema):
-    class Meta:
-        unknown = RAISE
+from cds_service.schemas.common import NON_EMPTY, StrictSchema
 
 
-class CodingSchema(_Strict):
-    code = fields.String(required=True, validate=NonEmpty)
-    system = fields.String(required=True, validate=NonEmpty)
-    display = fields.String(validate=NonEmpty)
+class CodingSchema(StrictSchema):
+    code = fields.String(required=True, validate=NON_EMPTY)
+    system = fields.String(required=True, validate=NON_EMPTY)
+    display = fields.String(validate=NON_EMPTY)
 
 
 class OverrideReasonSchema(CodingSchema):
-    display = fields.String(required=True, validate=NonEmpty)  # cds-resp-4
+    display = fields.String(required=True, validate=NON_EMPTY)  # cds-resp-4
 
 
-class SourceSchema(_Strict):
-    label = fields.String(required=True, validate=NonEmpty)
+class SourceSchema(StrictSchema):
+    label = fields.String(required=True, validate=NON_EMPTY)
     url = fields.Url(schemes={"http", "https"})
     icon = fields.Url(schemes={"http", "https"})
     topic = fields.Nested(CodingSchema)
 
 
-class ActionSchema(_Strict):
+class ActionSchema(StrictSchema):
     type = fields.String(required=True, validate=validate.OneOf(["create", "update", "delete"]))
-    description = fields.String(required=True, validate=NonEmpty)  # cds-resp-5
+    description = fields.String(required=True, validate=NON_EMPTY)  # cds-resp-5
     resource = fields.Dict()
-    resourceId = fields.String(validate=NonEmpty)
+    resourceId = fields.String(validate=NON_EMPTY)
 
     @validates_schema
     def _by_type(self, data: dict[str, Any], **_: Any) -> None:
@@ -51,18 +46,18 @@ class ActionSchema(_Strict):
             raise ValidationError(f"a {data['type']} action carries the whole FHIR resource")
 
 
-class SuggestionSchema(_Strict):
-    label = fields.String(required=True, validate=NonEmpty)
+class SuggestionSchema(StrictSchema):
+    label = fields.String(required=True, validate=NON_EMPTY)
     uuid = fields.UUID(required=True)  # required here: feedback needs it (FB-04)
     isRecommended = fields.Boolean()
-    actions = fields.List(fields.Nested(ActionSchema), validate=NonEmpty)
+    actions = fields.List(fields.Nested(ActionSchema), validate=NON_EMPTY)
 
 
-class LinkSchema(_Strict):
-    label = fields.String(required=True, validate=NonEmpty)
+class LinkSchema(StrictSchema):
+    label = fields.String(required=True, validate=NON_EMPTY)
     url = fields.Url(required=True, schemes={"http", "https"})
     type = fields.String(required=True, validate=validate.OneOf(["absolute", "smart"]))
-    appContext = fields.String(validate=NonEmpty)
+    appContext = fields.String(validate=NON_EMPTY)
     autolaunchable = fields.Boolean()
 
     @validates_schema
@@ -71,16 +66,16 @@ class LinkSchema(_Strict):
             raise ValidationError("appContext is only for smart links")
 
 
-class CardSchema(_Strict):
+class CardSchema(StrictSchema):
     uuid = fields.UUID(required=True)  # required here: feedback needs it (FB-04)
     summary = fields.String(required=True, validate=validate.Length(min=1, max=139))  # "<140"
-    detail = fields.String(validate=NonEmpty)
+    detail = fields.String(validate=NON_EMPTY)
     indicator = fields.String(required=True, validate=validate.OneOf(["info", "warning", "critical"]))
     source = fields.Nested(SourceSchema, required=True)
-    suggestions = fields.List(fields.Nested(SuggestionSchema), validate=NonEmpty)
+    suggestions = fields.List(fields.Nested(SuggestionSchema), validate=NON_EMPTY)
     selectionBehavior = fields.String(validate=validate.OneOf(["at-most-one", "any"]))
-    overrideReasons = fields.List(fields.Nested(OverrideReasonSchema), validate=NonEmpty)
-    links = fields.List(fields.Nested(LinkSchema), validate=NonEmpty)
+    overrideReasons = fields.List(fields.Nested(OverrideReasonSchema), validate=NON_EMPTY)
+    links = fields.List(fields.Nested(LinkSchema), validate=NON_EMPTY)
 
     @validates_schema
     def _suggestion_rules(self, data: dict[str, Any], **_: Any) -> None:
@@ -92,9 +87,9 @@ class CardSchema(_Strict):
                 raise ValidationError("at-most-one allows one recommended suggestion")
 
 
-class ResponseSchema(_Strict):
+class ResponseSchema(StrictSchema):
     cards = fields.List(fields.Nested(CardSchema), required=True)
-    systemActions = fields.List(fields.Nested(ActionSchema), validate=NonEmpty)
+    systemActions = fields.List(fields.Nested(ActionSchema), validate=NON_EMPTY)
 
 
 def empty_members(value: Any, path: str = "$") -> list[str]:
