@@ -49,8 +49,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def check_charset(mimetype_params: dict[str, str]) -> None:
-    """JSON is UTF-8 (RFC 8259); a body declared in another charset is refused rather than misread."""
+def check_content_type(mimetype: str | None, mimetype_params: dict[str, str]) -> None:
+    """415 unless the body is declared JSON, in UTF-8 (checked before the body is read).
+
+    JSON is UTF-8 (RFC 8259); a body declared in another charset is refused rather than misread."""
+    if not is_json_content_type(mimetype):
+        raise ApiError(415, "Content-Type must be application/json (CDS Hooks requests are JSON)",
+                       code="not-supported")
     charset = (mimetype_params.get("charset") or "utf-8").strip().lower()
     if charset not in ("utf-8", "utf8", "us-ascii", "ascii"):  # ASCII is a subset of UTF-8
         raise ApiError(415, f"JSON must be UTF-8, not charset={charset[:32]}", code="not-supported")
@@ -73,10 +78,8 @@ def read_body(request, max_body: int) -> bytes:
     return raw
 
 
-def parse_json_body(raw: bytes, mimetype: str | None, *, max_depth: int) -> Any:
-    if not is_json_content_type(mimetype):
-        raise ApiError(415, "Content-Type must be application/json (CDS Hooks requests are JSON)",
-                       code="not-supported")
+def parse_json_body(raw: bytes, *, max_depth: int) -> Any:
+    """The body as JSON (content type already checked by ``check_content_type``), or a 400."""
     if not raw.strip():
         raise ApiError(400, "The request body is empty; a JSON object was expected", code="structure")
     # Cheap bound first: a body with fewer brackets than the limit cannot be too deep.

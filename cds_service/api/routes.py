@@ -19,7 +19,7 @@ from cds_service import logs
 from cds_service.app import components
 from cds_service.auth import ANONYMOUS, AuthenticationError
 from cds_service.errors import ApiError
-from cds_service.json_body import check_charset, is_json_content_type, parse_json_body, read_body
+from cds_service.json_body import check_content_type, parse_json_body, read_body
 from cds_service.patient_data.gather import gather_record
 from cds_service.schemas.feedback import FeedbackRequestSchema
 from cds_service.schemas.request import CONTEXT_SCHEMAS, HookRequestSchema, flatten_errors
@@ -150,12 +150,9 @@ def _service(service_id: str) -> ServiceDefinition:
 
 
 def _json_body() -> Any:
-    if not is_json_content_type(request.mimetype):
-        raise ApiError(415, "Content-Type must be application/json", code="not-supported")
-    check_charset(request.mimetype_params)
+    check_content_type(request.mimetype, request.mimetype_params)
     settings = components().settings
-    raw = read_body(request, settings.max_body)
-    return parse_json_body(raw, request.mimetype, max_depth=settings.max_json_depth)
+    return parse_json_body(read_body(request, settings.max_body), max_depth=settings.max_json_depth)
 
 
 def _validate_request(body: Any, service: ServiceDefinition) -> dict[str, Any]:
