@@ -26,6 +26,7 @@ from cds_service.auth.issuers import load_trusted_issuers
 from cds_service.auth.jwt_auth import JwtAuthenticator
 from cds_service.config import ConfigError, Settings
 from cds_service.store import Store
+from tests.reference import SHARED
 
 ISS = "https://ehr.example.org"
 AUD = "https://cds.example.org/cds-services/ptsd-next-step"
@@ -596,7 +597,7 @@ def test_dev_trusted_issuers_file_trusts_only_the_sandbox():
 
 
 def test_sandbox_jwks_copy_matches_the_reference():
-    ref = Path("/work/shared/cds-hooks/examples/cds-hooks-sandbox/sandbox-public-jwks.json")
+    ref = SHARED / "cds-hooks" / "examples" / "cds-hooks-sandbox" / "sandbox-public-jwks.json"
     if not ref.exists():
         pytest.skip("reference material not present")
     assert json.loads((DATA / "sandbox-jwks.json").read_text()) == json.loads(ref.read_text())

@@ -18,9 +18,10 @@ from cds_service.rules import TOPICS, Finding, evaluate_rules
 from cds_service.rules.knowledge import GUIDELINE
 from cds_service.schemas.response import validate_response
 from test_rules import drug, facts, order, ptsd
+from tests.reference import SHARED
 
 CARDS_DIR = REPO_ROOT / "cards"
-CODELISTS = REPO_ROOT.parent / "shared" / "clinical" / "valuesets" / "derived" / "ptsd-cds-codelists.json"
+CODELISTS = SHARED / "clinical" / "valuesets" / "derived" / "ptsd-cds-codelists.json"
 ISSUE_TOPICS = {
     "step-1-trauma-focused-psychotherapy", "step-2-ssri", "step-3-nightmares", "step-4-venlafaxine",
     "step-5-combine", "step-6-specialized-referral", "benzodiazepine-avoid", "mdma-investigational",

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import time
 from datetime import date
-from pathlib import Path
 
 import pytest
 
 from cds_service.facts import builders as b
 from cds_service.facts import extract_facts
 from cds_service.facts.builders import ICD10CM, ICD11, SNOMED
+from tests.reference import SHARED
 
 TODAY = date(2026, 11, 28)
-SYNTHEA = Path("/work/shared/samples/synthea")
+SYNTHEA = SHARED / "samples" / "synthea"
 needs_synthea = pytest.mark.skipif(not SYNTHEA.is_dir(), reason="Synthea samples not present")
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from tests.builders import (full_prefetch, hook_request, lorazepam, ptsd_condition, sertraline,
                             topics)
 from tests.conftest import assert_conformant
+from tests.reference import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "cds-hooks" / "examples"
+EXAMPLES = SHARED / "cds-hooks" / "examples"
 
 
 def call(client, service, body):
@@ -109,7 +109,7 @@ def test_every_card_and_suggestion_has_a_fresh_uuid(client):
                                   "patient-view-example-1.json"])
 def test_hook_library_examples_are_accepted(client, name):
     """The HL7 hook library's own example contexts validate (with prefetch added: no PTSD -> no cards)."""
-    example = json.loads((SHARED / "hl7-cds-hooks-library" / "examples" / name).read_text())
+    example = json.loads((EXAMPLES / "hl7-cds-hooks-library" / "examples" / name).read_text())
     hook = name.rsplit("-example", 1)[0]
     body = {"hook": hook, "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
             "context": example["context"], "prefetch": full_prefetch()}

@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tests.reference import SHARED
+
 TESTS = Path(__file__).resolve().parent
-CHECKLIST = TESTS.parents[1] / "shared" / "cds-hooks" / "CHECKLIST.md"
+CHECKLIST = SHARED / "cds-hooks" / "CHECKLIST.md"
 MARK = re.compile(r'mark\.spec\("([^"]+)"\)')
 
 

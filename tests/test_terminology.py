@@ -14,8 +14,9 @@ from cds_service.facts.model import Code
 from cds_service.facts.terminology import (
     DATA_DIR, ICD10CM, ICD11, RXNORM, SNOMED, Terminology, parse_site_code_map, system_name,
 )
+from tests.reference import SHARED
 
-CLINICAL = Path("/work/shared/clinical")
+CLINICAL = SHARED / "clinical"
 EXAMPLE_MAP = Path(__file__).resolve().parent.parent / "fixtures" / "site-code-map.example.json"
 needs_clinical = pytest.mark.skipif(not CLINICAL.is_dir(), reason="clinical reference material not present")
 

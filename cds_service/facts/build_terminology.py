@@ -32,7 +32,10 @@ from typing import Any
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 UNII = "http://fdasis.nlm.nih.gov"
 OUT_DIR = Path(__file__).resolve().parent.parent / "data" / "terminology"
-DEFAULT_CLINICAL = Path("/work/shared/clinical")
+# The reference material beside the checkout (as CI lays it out), else the workplace copy.
+DEFAULT_CLINICAL = next((p for p in (Path(__file__).resolve().parents[2].parent / "shared" / "clinical",
+                                     Path("/work/shared/clinical")) if p.is_dir()),
+                        Path("/work/shared/clinical"))
 CODELISTS = "valuesets/derived/ptsd-cds-codelists.json"
 GENERATED_BY = "python -m cds_service.facts.build_terminology (do not edit by hand)"
 
