@@ -20,7 +20,7 @@ from datetime import date
 from typing import Any, Mapping
 
 from cds_service.facts.conditions import extract_conditions
-from cds_service.facts.fhir_read import SkipCounter
+from cds_service.facts.fhir_read import SkipCounter, strict_problems
 from cds_service.facts.medications import OrderContext, bridge_refills, extract_draft_drugs, extract_drugs
 from cds_service.facts.model import ClinicalFacts
 from cds_service.facts.psychotherapy import extract_sessions
@@ -28,7 +28,7 @@ from cds_service.facts.terminology import Terminology, system_name
 from cds_service.facts.trials import assess_ssri_trials
 from cds_service.patient_data.record import PatientRecord
 
-__all__ = ["extract_facts", "warm_up", "Terminology", "system_name", "ClinicalFacts"]
+__all__ = ["extract_facts", "warm_up", "strict_problems", "Terminology", "system_name", "ClinicalFacts"]
 
 
 def _items(value: Any) -> list[Any]:
@@ -59,7 +59,9 @@ def extract_facts(
     term = _terminology(terminology, site_code_map)
     skipped = SkipCounter()
     medications = record.medications if isinstance(record.medications, dict) else {}
-    ptsd, nightmares = extract_conditions(_items(record.conditions), term, skipped)
+    ptsd_all, nightmares_all = extract_conditions(_items(record.conditions), term, skipped)
+    ptsd = [c for c in ptsd_all if c.status_known]
+    nightmares = [c for c in nightmares_all if c.status_known]  # unknown: absent for the steps
     drugs = bridge_refills(extract_drugs(_items(record.medication_requests), medications, term,
                                          OrderContext(today, term.thresholds), skipped),
                            term.thresholds.refill_bridge_days, today)
@@ -68,6 +70,7 @@ def extract_facts(
     return ClinicalFacts(
         today=today,
         ptsd=ptsd,
+        ptsd_unknown_status=[c for c in ptsd_all if not c.status_known],
         nightmares=nightmares,
         drugs=drugs,
         draft_drugs=draft_drugs,
@@ -80,11 +83,8 @@ def extract_facts(
 
 
 def warm_up() -> None:
-    """Load the terminology and prime the FHIR validators (call once at start-up).
-
-    The first validation of each fhir.resources model costs ~40 ms; doing it here keeps that
-    out of the first hook call. Uses a synthetic record only.
-    """
+    """Load the terminology and build the view decoders (call once at start-up), so the first
+    hook call does not pay for them. Uses a synthetic record only."""
     from cds_service.facts import builders as b
 
     record = b.record(

@@ -11,29 +11,34 @@ matched on codes only (a text of "PTSD" without a coding does not count).
 It counts (is **active**) when ``clinicalStatus`` is absent, active, recurrence or relapse, and
 ``verificationStatus`` is absent or anything but refuted / entered-in-error (so unconfirmed,
 provisional and differential diagnoses count). Inactive, remission and resolved do not.
+
+A status element that is present but cannot be read (a string where a CodeableConcept belongs, no
+readable code) is **unknown**, never guessed: such a PTSD Condition is reported separately
+(``unknown_status``) so that safety cards can treat it in the safe direction while guideline-step
+cards treat it as absent. Only the elements listed in ``views.ConditionView`` are read: a
+malformed unrelated element (a bad onset date, an empty ``code.text``) is left out, not fatal.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
-
-from fhir.resources.R4B.codeableconcept import CodeableConcept
-from fhir.resources.R4B.period import Period
+from typing import Any, Iterable
 
 from cds_service.facts.fhir_read import (
-    Malformed, Resource, SkipCounter, codings, concept_text, first_code, parse_date, reference_of,
-    read_each, validated_view,
+    Malformed, Resource, SkipCounter, concept_text, first_code, raw_codings, read_each, read_view,
+    reference_of, to_date,
 )
 from cds_service.facts.model import Code, ConditionFact
 from cds_service.facts.terminology import Terminology
+from cds_service.facts.views import Concept, ConditionView
 
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+UNKNOWN = "unknown"
 
 
-def _code(concept) -> str | None:
+def _status_code(concept: Concept | None) -> str | None:
     code = first_code(concept)
-    return code.strip().lower() if isinstance(code, str) else None  # "Active" is active too
+    return code.strip().lower() if code else None  # "Active" is active too
 
 
 def abated(condition: Resource) -> bool:
@@ -42,74 +47,76 @@ def abated(condition: Resource) -> bool:
                for key, value in condition.items())
 
 
-def is_active(condition: Resource, *, abatement: bool | None = None) -> bool:
-    """Clinical status active/recurrence/relapse, or absent without an abatement; and not
-    refuted/entered-in-error. (FHIR R4 invariant con-4: an abated Condition's clinical status is
-    inactive, resolved or remission, so an abatement with no status means it is not active.)"""
-    clinical = _code(condition.get("clinicalStatus"))
-    verification = _code(condition.get("verificationStatus"))
+def activity(view: ConditionView, raw: Resource) -> str | None:
+    """"active", None (not active) or "unknown" (a status element present but unreadable).
+
+    (FHIR R4 invariant con-4: an abated Condition's clinical status is inactive, resolved or
+    remission, so an abatement with no status means it is not active.)"""
+    clinical = _status_code(view.clinicalStatus)
+    verification = _status_code(view.verificationStatus)
     if verification in EXCLUDED_VERIFICATION:
-        return False
-    if clinical is None:
-        return not (abated(condition) if abatement is None else abatement)
-    return clinical in ACTIVE_CLINICAL
+        return None
+    if clinical is None and raw.get("clinicalStatus") is not None:
+        return UNKNOWN  # recorded, but not in a readable form
+    if clinical is not None and clinical not in ACTIVE_CLINICAL:
+        return None
+    if clinical is None and abated(raw):
+        return None
+    if verification is None and raw.get("verificationStatus") is not None:
+        return UNKNOWN
+    return "active"
 
 
-def _matches(condition: Resource, term: Terminology) -> dict[str, dict]:
+def _kinds(pairs: Iterable[tuple[str | None, str | None, str | None]], term: Terminology) -> dict[str, Code]:
     """First matching coding per kind ("ptsd", "nightmares")."""
-    found: dict[str, dict] = {}
-    for coding in codings(condition.get("code")):
-        for kind in term.condition_kinds(coding.get("system"), coding.get("code")):
-            found.setdefault(kind, coding)
+    found: dict[str, Code] = {}
+    for system, code, display in pairs:
+        for kind in term.condition_kinds(system, code):
+            found.setdefault(kind, Code(system, code, display))
     return found
 
 
-def _fact(condition: Resource, kind: str, coding: dict) -> ConditionFact:
-    onset_period = condition.get("onsetPeriod") or {}
-    return ConditionFact(
-        kind=kind,  # type: ignore[arg-type]
-        reference=reference_of(condition),
-        code=Code(coding.get("system"), coding.get("code"), coding.get("display")),
-        text=concept_text(condition.get("code")),
-        clinical_status=first_code(condition.get("clinicalStatus")),
-        verification_status=first_code(condition.get("verificationStatus")),
-        onset=parse_date(condition.get("onsetDateTime")) or parse_date(onset_period.get("start")),
-        recorded=parse_date(condition.get("recordedDate")),
-    )
-
-
-_ELEMENT_MODELS = {
-    "code": CodeableConcept,
-    "clinicalStatus": CodeableConcept,
-    "verificationStatus": CodeableConcept,
-    "onsetPeriod": Period,
-}
-
-
-def read_condition(condition: Resource, term: Terminology, skipped: SkipCounter | None = None) -> list[ConditionFact]:
+def read_condition(condition: Any, term: Terminology, skipped: SkipCounter) -> list[ConditionFact]:
     """Facts for one Condition (empty when it does not match or is not active). Raises Malformed."""
     if not isinstance(condition, dict):
         raise Malformed("not an object")
-    matches = _matches(condition, term)
+    if not _kinds(raw_codings(condition.get("code")), term):
+        return []  # not a candidate: nothing else is read
+    view, complete = read_view(condition, ConditionView)
+    if not complete:
+        skipped.skip("Condition (partly read)")
+    codings = view.code.coding if view.code else ()
+    matches = _kinds(((c.system, c.code, c.display) for c in codings), term)
     if not matches:
+        raise Malformed("matching coding unreadable")
+    state = activity(view, condition)
+    if state is None:
         return []
-    # An unreadable status is not guessed at (absent would mean active): the Condition is skipped.
-    had_abatement = abated(condition)  # read before the view, which may leave abatement[x] out
-    condition = validated_view(condition, elements=_ELEMENT_MODELS, strings=(),
-                               required=("code", "clinicalStatus", "verificationStatus"),
-                               dates=("onsetDateTime", "recordedDate"), skipped=skipped or SkipCounter())
-    if not is_active(condition, abatement=had_abatement):
-        return []
-    return [_fact(condition, kind, coding) for kind, coding in sorted(matches.items())]
+    onset = to_date(view.onsetDateTime) or to_date(view.onsetPeriod.start if view.onsetPeriod else None)
+    return [
+        ConditionFact(
+            kind=kind,  # type: ignore[arg-type]
+            reference=reference_of("Condition", view.id),
+            code=code,
+            text=concept_text(view.code),
+            clinical_status=first_code(view.clinicalStatus),
+            verification_status=first_code(view.verificationStatus),
+            onset=onset,
+            recorded=to_date(view.recordedDate),
+            status_known=state != UNKNOWN,
+        )
+        for kind, code in sorted(matches.items())
+    ]
 
 
 def extract_conditions(
     conditions: Iterable[Resource], term: Terminology, skipped: SkipCounter
 ) -> tuple[list[ConditionFact], list[ConditionFact]]:
-    """(active PTSD facts, active nightmare facts) from the record's Conditions."""
+    """(PTSD facts, nightmare facts) from the record's Conditions: active ones, and those whose
+    status is unknown (``status_known`` False)."""
     ptsd: list[ConditionFact] = []
     nightmares: list[ConditionFact] = []
     for facts in read_each(conditions, lambda c: read_condition(c, term, skipped), skipped, "Condition"):
-        ptsd += [f for f in facts if f.kind == "ptsd"]
-        nightmares += [f for f in facts if f.kind == "nightmares"]
+        for f in facts:
+            (ptsd if f.kind == "ptsd" else nightmares).append(f)
     return ptsd, nightmares

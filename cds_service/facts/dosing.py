@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from functools import lru_cache
+from typing import Callable, Sequence
 
-from cds_service.facts.fhir_read import Malformed, as_dict, as_list, as_number, as_str, codings
+from cds_service.facts.fhir_read import MAX_MATCH_TEXT
+from cds_service.facts.views import Concept, Dosage, Quantity, Timing
 
 PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.0, "a": 365.0}
 PERIOD_WORDS = {"s": "second", "min": "minute", "h": "hour", "d": "day", "wk": "week", "mo": "month", "a": "year"}
@@ -40,7 +42,8 @@ MASS_TO_MG = {"mg": 1.0, "milligram": 1.0, "milligrams": 1.0, "g": 1000.0, "gram
               "mcg": 0.001, "ug": 0.001, "µg": 0.001, "microgram": 0.001, "micrograms": 0.001}
 UNIT_DOSE = {"tab", "tabs", "tablet", "tablets", "tbl", "cap", "caps", "capsule", "capsules"}
 VOLUME = {"ml", "milliliter", "milliliters", "millilitre", "millilitres"}
-# Administrations per day named by timing.code words (checked in this order).
+# Administrations per day named by timing.code words (checked in this order). Alternations of
+# literals between word boundaries: linear in the (capped) text.
 TIMING_WORDS: tuple[tuple[re.Pattern[str], int], ...] = tuple(
     (re.compile(p, re.IGNORECASE), n)
     for p, n in (
@@ -51,8 +54,13 @@ TIMING_WORDS: tuple[tuple[re.Pattern[str], int], ...] = tuple(
     )
 )
 MAX_UNITLESS_TABLETS = 4  # a unitless dose above this is not read as a number of tablets
-_NUM = r"(\d+(?:\.\d+)?)"
+# A number: it can only start where no digit or dot precedes it, and its digits are taken
+# possessively, so a long run of digits is scanned once (linear), never re-tried from every offset.
+_NUM = r"(?<![\d.])(\d{1,9}+(?:\.\d{1,6}+)?)"
 _MASS_UNIT = r"(mg|mcg|g)"
+_STRENGTH = re.compile(rf"{_NUM}\s*+{_MASS_UNIT}\b(?!/)", re.IGNORECASE)
+_CONCENTRATION = re.compile(rf"{_NUM}\s*+{_MASS_UNIT}\s*+/\s*+ml\b", re.IGNORECASE)
+_WORD = re.compile(r"[a-z]+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -72,50 +80,76 @@ def _to_mg(amount: str, unit: str) -> float:
     return float(amount) * MASS_TO_MG[unit.lower()]
 
 
+def _after_ingredient(name: str, ingredient: str, pattern: re.Pattern[str]) -> float | None:
+    """The amount written right after the ingredient ("sertraline 50 MG", "venlafaxine HCl 75 MG").
+
+    Found without a backtracking pattern: the ingredient is located with ``str.find`` on the
+    lower-cased name, then at most two words may stand between it and the amount."""
+    lowered = name.lower()
+    start = 0
+    while (at := lowered.find(ingredient, start)) >= 0:
+        start = at + len(ingredient)
+        before_ok = at == 0 or not lowered[at - 1].isalnum()
+        after_ok = start >= len(lowered) or not lowered[start].isalnum()
+        if not (before_ok and after_ok):
+            continue
+        rest = lowered[start:]
+        for words in range(3):  # at most two words between the ingredient and the amount
+            stripped = rest.lstrip()
+            if len(stripped) == len(rest):
+                break  # a space must come first
+            m = pattern.match(stripped)
+            if m:
+                return _to_mg(m.group(1), m.group(2))
+            word = _WORD.match(stripped)
+            if word is None or words == 2:
+                break
+            rest = stripped[word.end():]
+    return None
+
+
+@lru_cache(maxsize=4096)
 def unit_strength_mg(name: str | None, ingredient: str) -> float | None:
     """mg per tablet/capsule written in a drug name, or None (liquids "MG/ML" excluded)."""
     if not name:
         return None
-    after = re.search(rf"\b{re.escape(ingredient)}\b(?:\s+[a-z]+){{0,2}}?\s+{_NUM}\s*{_MASS_UNIT}\b(?!/)",
-                      name, re.IGNORECASE)
-    if after:
-        return _to_mg(after.group(1), after.group(2))
-    amounts = {_to_mg(a, u) for a, u in re.findall(rf"{_NUM}\s*{_MASS_UNIT}\b(?!/)", name, re.IGNORECASE)}
+    name = name[:MAX_MATCH_TEXT]
+    after = _after_ingredient(name, ingredient, _STRENGTH)
+    if after is not None:
+        return after
+    amounts = {_to_mg(a, u) for a, u in _STRENGTH.findall(name)}
     return amounts.pop() if len(amounts) == 1 else None
 
 
+@lru_cache(maxsize=4096)
 def concentration_mg_per_ml(name: str | None, ingredient: str) -> float | None:
     """mg per mL written in a drug name ("2 MG/ML"), or None."""
     if not name:
         return None
-    pattern = rf"{_NUM}\s*{_MASS_UNIT}\s*/\s*ml\b"
-    after = re.search(rf"\b{re.escape(ingredient)}\b(?:\s+[a-z]+){{0,2}}?\s+{pattern}", name, re.IGNORECASE)
-    if after:
-        return _to_mg(after.group(1), after.group(2))
-    amounts = {_to_mg(a, u) for a, u in re.findall(pattern, name, re.IGNORECASE)}
+    name = name[:MAX_MATCH_TEXT]
+    after = _after_ingredient(name, ingredient, _CONCENTRATION)
+    if after is not None:
+        return after
+    amounts = {_to_mg(a, u) for a, u in _CONCENTRATION.findall(name)}
     return amounts.pop() if len(amounts) == 1 else None
 
 
 # --- one administration --------------------------------------------------------------------------
-def _dose_quantity(dosage: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
+def _dose_quantity(dosage: Dosage) -> tuple[Quantity | None, Quantity | None, bool]:
     """(quantity of one administration, the low end, whether it is a range).
 
     For a ``doseRange`` the quantity is its high end (the most that may be given)."""
-    for dr in as_list(dosage.get("doseAndRate")):
-        quantity = as_dict(as_dict(dr).get("doseQuantity")) if dr is not None else None
-        if quantity:
-            return quantity, None, False
-    for dr in as_list(dosage.get("doseAndRate")):
-        dose_range = as_dict(as_dict(dr).get("doseRange")) if dr is not None else None
-        high = as_dict((dose_range or {}).get("high"))
-        if high:
-            return high, as_dict((dose_range or {}).get("low")), True
-    return as_dict(dosage.get("doseQuantity")), None, False  # STU3 shape
+    for dr in dosage.doseAndRate:
+        if dr.doseQuantity is not None:
+            return dr.doseQuantity, None, False
+    for dr in dosage.doseAndRate:
+        if dr.doseRange is not None and dr.doseRange.high is not None:
+            return dr.doseRange.high, dr.doseRange.low, True
+    return dosage.doseQuantity, None, False  # STU3 shape
 
 
-def _unit(quantity: dict[str, Any]) -> str | None:
-    for key in ("code", "unit"):
-        text = as_str(quantity.get(key))
+def _unit(quantity: Quantity) -> str | None:
+    for text in (quantity.code, quantity.unit):
         if text and text.strip():
             return text.strip().strip("{}").lower()
     return None
@@ -125,12 +159,12 @@ def _first(names: Sequence[str], parse: Callable[[str | None, str], float | None
     return next((v for v in (parse(n, ingredient) for n in names) if v), None)
 
 
-def dose_per_administration(quantity: dict[str, Any], names: Sequence[str], ingredient: str) -> tuple[float, str] | None:
+def dose_per_administration(quantity: Quantity, names: Sequence[str], ingredient: str) -> tuple[float, str] | None:
     """(mg, description) of one administration, or None when it cannot be worked out.
 
     ``names``: the drug names to read a strength from, best first (record text, code displays).
     """
-    value = as_number(quantity.get("value"))
+    value = quantity.value
     if value is None or value <= 0:
         return None
     unit = _unit(quantity)
@@ -152,15 +186,12 @@ def dose_per_administration(quantity: dict[str, Any], names: Sequence[str], ingr
 
 
 # --- frequency -----------------------------------------------------------------------------------
-def _from_repeat(repeat: dict[str, Any]) -> tuple[float, str] | None:
-    frequency = as_number(repeat.get("frequency"))
-    period = as_number(repeat.get("period"))
-    unit = as_str(repeat.get("periodUnit"))
+def _from_repeat(repeat) -> tuple[float, str] | None:
+    frequency, period, unit = repeat.frequency, repeat.period, repeat.periodUnit
     if period is None and unit is None:
-        when = as_list(repeat.get("when"))
-        if not when:
+        if not repeat.when:
             return None
-        times = max(len(when), int(frequency or 0))  # frequency 2 "with meals" [C] is still twice
+        times = max(len(repeat.when), int(frequency or 0))  # frequency 2 "with meals" [C] is still twice
         return float(times), f"{times} × per day"
     frequency = 1.0 if frequency is None else frequency
     period = 1.0 if period is None else period
@@ -171,40 +202,39 @@ def _from_repeat(repeat: dict[str, Any]) -> tuple[float, str] | None:
     return frequency / (period * days), f"{fmt(frequency)} × {per}"
 
 
-def _from_timing_code(code: Any) -> tuple[float, str] | None:
-    concept = as_dict(code) or {}
-    words = [as_str(concept.get("text"))] + [t for c in codings(concept) for t in (c.get("code"), c.get("display"))]
-    text = " ".join(w for w in words if w)
+def _from_timing_code(code: Concept | None) -> tuple[float, str] | None:
+    if code is None:
+        return None
+    words = [code.text] + [t for c in code.coding for t in (c.code, c.display)]
+    text = " ".join(w for w in words if w)[:MAX_MATCH_TEXT]
     for pattern, per_day in TIMING_WORDS:
         if pattern.search(text):
             return float(per_day), f"{per_day} × per day"
     return None
 
 
-def administrations_per_day(timing: Any) -> tuple[float, str] | None:
+def administrations_per_day(timing: Timing | None) -> tuple[float, str] | None:
     """(administrations per day, description) from a Timing, or None."""
-    timing = as_dict(timing)
     if timing is None:
         return None
-    repeat = as_dict(timing.get("repeat"))
-    if repeat and (repeat.get("frequency") is not None or repeat.get("period") is not None
-                   or repeat.get("periodUnit") is not None or repeat.get("when")):
+    repeat = timing.repeat
+    if repeat and (repeat.frequency is not None or repeat.period is not None
+                   or repeat.periodUnit is not None or repeat.when):
         return _from_repeat(repeat)
-    return _from_timing_code(timing.get("code"))
+    return _from_timing_code(timing.code)
 
 
 # --- daily dose ----------------------------------------------------------------------------------
-def _is_as_needed(dosage: dict[str, Any]) -> bool:
-    return dosage.get("asNeededBoolean") is True or dosage.get("asNeededCodeableConcept") is not None
+def _is_as_needed(dosage: Dosage) -> bool:
+    return dosage.asNeededBoolean is True or dosage.asNeededCodeableConcept is not None
 
 
-def _one_daily_dose(dosage: Any, names: Sequence[str], ingredient: str) -> DailyDose | None:
-    dosage = as_dict(dosage)
-    if not dosage or _is_as_needed(dosage):
+def _one_daily_dose(dosage: Dosage, names: Sequence[str], ingredient: str) -> DailyDose | None:
+    if _is_as_needed(dosage):
         return None
     quantity, low_quantity, is_range = _dose_quantity(dosage)
     dose = dose_per_administration(quantity, names, ingredient) if quantity else None
-    freq = administrations_per_day(dosage.get("timing")) if dose else None
+    freq = administrations_per_day(dosage.timing) if dose else None
     if dose is None or freq is None:
         return None
     mg_day = dose[0] * freq[0]
@@ -215,26 +245,16 @@ def _one_daily_dose(dosage: Any, names: Sequence[str], ingredient: str) -> Daily
     return DailyDose(mg_day, f"{fmt(low_day)} to {fmt(mg_day)} mg/day (up to {dose[1]}, {freq[1]})", low_day)
 
 
-def _step_order(indexed: tuple[int, Any]) -> tuple[float, int]:
-    index, dosage = indexed
-    try:
-        sequence = as_number((as_dict(dosage) or {}).get("sequence"))
-    except Malformed:
-        sequence = None  # an unreadable sequence: the instruction keeps its written place
-    return (sequence if sequence is not None else float(index), index)
+@lru_cache(maxsize=4096)
+def daily_dose(dosages: tuple[Dosage, ...], names: tuple[str, ...], ingredient: str) -> DailyDose | None:
+    """Daily dose of the last dosage step (by ``sequence``, else as written) that has one, else None.
 
-
-def daily_dose(dosages: Any, names: Sequence[str], ingredient: str) -> DailyDose | None:
-    """Daily dose of the last dosage step (by ``sequence``, else as written) that has one, else None."""
-    try:
-        steps = [d for _, d in sorted(enumerate(as_list(dosages)), key=_step_order)]
-    except Malformed:
-        return None  # dosageInstruction is not a list
-    for dosage in reversed(steps):
-        try:
-            result = _one_daily_dose(dosage, names, ingredient)
-        except Malformed:
-            continue  # an unreadable step gives no dose; the order itself still counts
+    Memoised: a record of 1,000 identical renewals works the dose out once. ``dosages`` are the
+    instructions whose dose elements were read completely (see ``medications``)."""
+    steps = sorted(enumerate(dosages), key=lambda pair: (pair[1].sequence if pair[1].sequence is not None
+                                                        else float(pair[0]), pair[0]))
+    for _, dosage in reversed(steps):
+        result = _one_daily_dose(dosage, names, ingredient)
         if result is not None:
             return result
     return None

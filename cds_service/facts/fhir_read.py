@@ -1,42 +1,52 @@
-"""Cheap, defensive readers for plain FHIR R4 JSON, and validation of candidate resources.
+"""The reading layer: each candidate resource decoded once into a typed view of what the rules read.
 
-Records arrive as plain dicts (see ``cds_service.patient_data.record``). Every reader here checks
-the shape it reads and raises :class:`Malformed` when it is not what FHIR allows (a string where a
-CodeableConcept is expected, a non-list ``coding`` ...). Callers catch it per resource, skip the
-resource and count it; nothing here logs, and error messages never contain patient data.
+Records arrive as plain JSON (``dict``; see ``cds_service.patient_data.record``). The facts stage
+first picks the *candidates* with a cheap look at their codes (a Condition with a PTSD code, a
+MedicationRequest of a drug of interest, a trauma-focused Procedure); only those are decoded, with
+``read_view``, into the ``msgspec`` views of ``cds_service.facts.views``:
 
-Only resources that matched a pre-filter (a code or name of interest) are validated with
-``fhir.resources`` (package ``fhir.resources`` 8, R4B models: the default R5 models reject R4).
-Validation covers the elements the facts stage reads (plus the required ones), so a stray
-unrelated element (a vendor extension typo, an R5-only field in ``note``) does not hide, say, a
-benzodiazepine order - but any element we *do* read must be valid FHIR.
+* **fast path** — ``msgspec.convert`` checks every read element's type and format in one C pass
+  (a few microseconds) and ignores everything else;
+* **element by element** — when a read element is malformed, the view is built again field by
+  field: each element that converts is kept, a malformed one is left out (absent), nested
+  elements and list items degrade the same way. So an empty ``display``, a second malformed
+  coding or an odd dose shape never hides a benzodiazepine order or a PTSD diagnosis: only the
+  bad element is lost. The resource is then counted as ``"<type> (partly read)"``.
+
+Codes are compared with the terminology's tables after normalisation (``terminology``), so a code
+in a wrong format simply never matches. ``fhir.resources`` (full R4B validation, ~100x slower) is
+used only where its cost is worth it: ``strict_problems`` (``ptsd-cds evaluate --strict``) and the
+tests of suggested resources. Nothing here logs, and no message carries patient data.
 """
 
 from __future__ import annotations
 
-import re
+import types
+import typing
 from collections import Counter
 from datetime import date
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from fhir.resources.R4B.condition import Condition
-from fhir.resources.R4B.medication import Medication
-from fhir.resources.R4B.medicationrequest import MedicationRequest
-from fhir.resources.R4B.procedure import Procedure
-from pydantic import ValidationError
+import msgspec
+
+from cds_service.facts.views import Concept
 
 Resource = dict[str, Any]
-
-
 T = TypeVar("T")
+V = TypeVar("V", bound=msgspec.Struct)
+
+# Text handed to a regular expression is cut to this many characters (drug names, therapy texts,
+# timing words): real names are far shorter, and a bound keeps every match linear and cheap.
+MAX_MATCH_TEXT = 512
 
 
 class Malformed(Exception):
-    """A resource does not have the shape FHIR R4 requires (message never holds patient data)."""
+    """A resource cannot be read at all (message never holds patient data)."""
 
 
 class SkipCounter:
-    """Counts skipped resources per resourceType (no patient data)."""
+    """Counts skipped and partly read resources per resourceType (no patient data)."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
@@ -46,207 +56,6 @@ class SkipCounter:
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.counts)
-
-
-# --- primitive readers ----------------------------------------------------------------------------
-def as_list(value: Any) -> list[Any]:
-    """A FHIR array (absent -> []); anything else is malformed."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise Malformed("expected an array")
-    return value
-
-
-def as_dict(value: Any) -> dict[str, Any] | None:
-    """A FHIR complex element (absent -> None); anything else is malformed."""
-    if value is None or isinstance(value, dict):
-        return value
-    raise Malformed("expected an object")
-
-
-def as_str(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise Malformed("expected a string")
-
-
-def as_number(value: Any) -> float | None:
-    """A FHIR decimal/integer (absent -> None). Booleans and non-numeric strings are malformed."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise Malformed("expected a number")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise Malformed("expected a number") from None
-    raise Malformed("expected a number")
-
-
-_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
-
-
-def parse_date(value: Any) -> date | None:
-    """Date part of a FHIR date/dateTime/instant. Partial dates take the first day ("2015-07" -> 1 Jul)."""
-    text = as_str(value)
-    if not text:
-        return None
-    m = _DATE.match(text)
-    if m is None:
-        raise Malformed("bad date")
-    try:
-        return date(int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 1))
-    except ValueError:
-        raise Malformed("bad date") from None
-
-
-# --- codeable concepts ----------------------------------------------------------------------------
-def codings(concept: Any) -> list[dict[str, Any]]:
-    """The codings of a CodeableConcept (absent -> [])."""
-    concept = as_dict(concept)
-    if concept is None:
-        return []
-    result = as_list(concept.get("coding"))
-    for c in result:
-        if not isinstance(c, dict):
-            raise Malformed("coding is not an object")
-        as_str(c.get("system"))
-        as_str(c.get("code"))
-        as_str(c.get("display"))
-    return result
-
-
-def concept_text(concept: Any) -> str | None:
-    """CodeableConcept.text, else the first coding display."""
-    concept = as_dict(concept)
-    if concept is None:
-        return None
-    text = as_str(concept.get("text"))
-    if text:
-        return text
-    return next((c["display"] for c in codings(concept) if c.get("display")), None)
-
-
-def concept_texts(concept: Any) -> list[str]:
-    """CodeableConcept.text and every coding display (for name / word matching)."""
-    concept = as_dict(concept)
-    if concept is None:
-        return []
-    texts = [as_str(concept.get("text"))] + [c.get("display") for c in codings(concept)]
-    return [t for t in texts if t]
-
-
-def concept_label(concept: Any) -> str | None:
-    """Human form of a CodeableConcept: text, display, or the first code."""
-    return concept_text(concept) or next((c["code"] for c in codings(concept) if c.get("code")), None)
-
-
-def first_code(concept: Any) -> str | None:
-    """The first coding code of a CodeableConcept (status elements like clinicalStatus)."""
-    return next((c["code"] for c in codings(concept) if c.get("code")), None)
-
-
-def reference_of(resource: Resource) -> str | None:
-    """'Type/id' of a resource, or None without an id."""
-    rid = as_str(resource.get("id"))
-    return f"{resource.get('resourceType')}/{rid}" if rid else None
-
-
-# --- validation -----------------------------------------------------------------------------------
-_MODELS = {
-    "Condition": Condition,
-    "MedicationRequest": MedicationRequest,
-    "Procedure": Procedure,
-    "Medication": Medication,
-}
-# Elements the facts stage reads, plus each resource's required elements (R4B cardinality 1..1).
-_READ_ELEMENTS = {
-    "Condition": ("id", "clinicalStatus", "verificationStatus", "code", "subject", "onsetDateTime",
-                  "onsetPeriod", "recordedDate"),
-    "MedicationRequest": ("id", "status", "intent", "subject", "medicationCodeableConcept",
-                          "medicationReference", "authoredOn", "dosageInstruction", "dispenseRequest"),
-    "Procedure": ("id", "status", "code", "subject", "performedDateTime", "performedPeriod"),
-    "Medication": ("id", "code", "form", "ingredient"),
-}
-
-
-def validate(resource: Resource, contained: Iterable[Resource] = ()) -> None:
-    """Validate the read elements of a candidate resource with fhir.resources R4B.
-
-    ``contained``: the contained resources the facts stage uses (validated with the resource).
-    Raises Malformed (without the validation message, which may quote patient data).
-    """
-    rtype = resource.get("resourceType")
-    model = _MODELS.get(rtype)  # type: ignore[arg-type]
-    if model is None:
-        raise Malformed("unexpected resourceType")
-    trimmed: dict[str, Any] = {"resourceType": rtype}
-    trimmed.update((k, resource[k]) for k in _READ_ELEMENTS[rtype] if k in resource)
-    used = list(contained)
-    if used:
-        trimmed["contained"] = used
-    try:
-        model.model_validate(trimmed)
-    except (ValidationError, ValueError, TypeError):
-        raise Malformed(f"{rtype} failed FHIR R4B validation") from None
-
-
-def element_is_valid(model: Any, value: Any) -> bool:
-    """Whether one element (a datatype or backbone element) validates with its R4B model."""
-    if not isinstance(value, dict):
-        return False
-    try:
-        model.model_validate(value)
-    except (ValidationError, ValueError, TypeError):
-        return False
-    return True
-
-
-def validated_view(resource: Resource, *, elements: Mapping[str, Any], required: Iterable[str],
-                   strings: Iterable[str] = ("status",), dates: Iterable[str] = (),
-                   skipped: SkipCounter, contained: Iterable[Resource] = ()) -> Resource:
-    """The parts of a candidate resource that may be read.
-
-    The whole resource when it validates with fhir.resources R4B. Otherwise (safety first: a PTSD
-    diagnosis or a benzodiazepine order must not go unnoticed because an element the rules do
-    not need is malformed) a view of only the elements that are sound on their own: each element
-    of ``elements`` that validates with its R4B datatype model, each of ``strings`` that is a
-    string, each of ``dates`` that parses. Raises Malformed when a ``required`` element (the
-    code that made the resource a candidate) is unreadable. Counted as "<type> (partly read)".
-    """
-    contained = list(contained)
-    try:
-        validate(resource, contained)
-        return resource
-    except Malformed:
-        pass
-    for item in contained:
-        validate(item)
-    rtype = resource.get("resourceType")
-    view: Resource = {k: resource[k] for k in ("resourceType", "id") if k in resource}
-    if contained:
-        view["contained"] = contained
-    view.update((k, resource[k]) for k in strings if isinstance(resource.get(k), str))
-    for key in dates:
-        try:
-            if parse_date(resource.get(key)) is not None:
-                view[key] = resource[key]
-        except Malformed:
-            pass
-    required = set(required)
-    for key, model in elements.items():
-        if key not in resource:
-            continue
-        if element_is_valid(model, resource[key]):
-            view[key] = resource[key]
-        elif key in required:
-            raise Malformed(f"{rtype}.{key} failed FHIR R4B validation")
-    skipped.skip(f"{rtype} (partly read)")
-    return view
 
 
 def read_each(resources: Iterable[Any], read: Callable[[Any], T], skipped: SkipCounter,
@@ -262,3 +71,197 @@ def read_each(resources: Iterable[Any], read: Callable[[Any], T], skipped: SkipC
             skipped.skip(resource_type)
             continue
         yield result
+
+
+# --- decoding into views --------------------------------------------------------------------------
+def _optional_inner(hint: Any) -> Any:
+    """``X`` for ``X | None`` (else the hint itself)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _is_view(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, msgspec.Struct)
+
+
+@lru_cache(maxsize=None)
+def _plan(view: type) -> tuple[tuple[str, str, Any, str, Any], ...]:
+    """Per field of a view: (JSON name, attribute, type, kind, inner view) for element-wise reading."""
+    hints = typing.get_type_hints(view, include_extras=True)
+    plan = []
+    for f in msgspec.structs.fields(view):
+        hint = hints[f.name]
+        inner = _optional_inner(hint)
+        if _is_view(inner):
+            plan.append((f.encode_name, f.name, hint, "view", inner))
+        elif typing.get_origin(inner) is tuple and _is_view(typing.get_args(inner)[0]):
+            plan.append((f.encode_name, f.name, hint, "views", typing.get_args(inner)[0]))
+        else:
+            plan.append((f.encode_name, f.name, hint, "value", None))
+    return tuple(plan)
+
+
+def _element_wise(raw: dict[str, Any], view: type[V]) -> V:
+    values: dict[str, Any] = {}
+    for key, name, hint, kind, inner in _plan(view):
+        if key not in raw:
+            continue
+        value = raw[key]
+        if kind == "view":
+            if isinstance(value, dict):
+                values[name] = _convert(value, inner)[0]
+        elif kind == "views":
+            if isinstance(value, list):
+                values[name] = tuple(_convert(v, inner)[0] for v in value if isinstance(v, dict))
+        else:
+            try:
+                values[name] = msgspec.convert(value, hint)
+            except msgspec.ValidationError:
+                pass  # a malformed element reads as absent
+    return view(**values)
+
+
+def _convert(raw: dict[str, Any], view: type[V]) -> tuple[V, bool]:
+    try:
+        return msgspec.convert(raw, view), True
+    except msgspec.ValidationError:
+        return _element_wise(raw, view), False
+
+
+def read_view(raw: Any, view: type[V]) -> tuple[V, bool]:
+    """``(view, complete)`` of one JSON object; ``complete`` is False when an element was left out.
+
+    Raises Malformed only when ``raw`` is not a JSON object.
+    """
+    if not isinstance(raw, dict):
+        raise Malformed("not an object")
+    return _convert(raw, view)
+
+
+def read_element(raw: Any, view: type[V]) -> V | None:
+    """One element (a CodeableConcept, a Reference...) degraded the same way; None unless an object."""
+    return _convert(raw, view)[0] if isinstance(raw, dict) else None
+
+
+# --- reading views --------------------------------------------------------------------------------
+@lru_cache(maxsize=8192)
+def to_date(text: str | None) -> date | None:
+    """Date part of a FHIR date/dateTime already checked by its view type (partial dates take the
+    first day: "2015-07" -> 1 Jul); None for an impossible calendar date such as 2026-02-30."""
+    if not text:
+        return None
+    try:
+        return date(int(text[0:4]), int(text[5:7] or 1), int(text[8:10] or 1))
+    except ValueError:
+        return None
+
+
+def concept_texts(concept: Concept | None) -> list[str]:
+    """CodeableConcept.text and every coding display (for name / word matching)."""
+    if concept is None:
+        return []
+    texts = [concept.text] if concept.text else []
+    return texts + [c.display for c in concept.coding if c.display]
+
+
+def concept_text(concept: Concept | None) -> str | None:
+    """CodeableConcept.text, else the first coding display."""
+    texts = concept_texts(concept)
+    return texts[0] if texts else None
+
+
+def concept_label(concept: Concept | None) -> str | None:
+    """Human form of a CodeableConcept: text, display, or the first code."""
+    if concept is None:
+        return None
+    return concept_text(concept) or next((c.code for c in concept.coding if c.code), None)
+
+
+def first_code(concept: Concept | None) -> str | None:
+    """The first coding code of a CodeableConcept (status elements like clinicalStatus)."""
+    if concept is None:
+        return None
+    return next((c.code for c in concept.coding if c.code), None)
+
+
+def raw_concept(concept: Any) -> tuple[list[tuple[str, str, str | None]], list[str]]:
+    """The cheap candidate check on a raw CodeableConcept, before any view is built:
+    ``([(system, code, display) of each well-typed coding], [text and displays])``.
+
+    Codings with a non-string system or code are passed over (one bad coding never hides a good
+    one); texts are cut to MAX_MATCH_TEXT. Raises Malformed when the concept or its ``coding`` has
+    the wrong container type (a string where an object or array belongs): the resource is unreadable.
+    """
+    if concept is None:
+        return [], []
+    if not isinstance(concept, dict):
+        raise Malformed("CodeableConcept is not an object")
+    coding = concept.get("coding")
+    if coding is not None and not isinstance(coding, list):
+        raise Malformed("coding is not an array")
+    codes: list[tuple[str, str, str | None]] = []
+    texts: list[str] = []
+    text = concept.get("text")
+    if isinstance(text, str) and text:
+        texts.append(text[:MAX_MATCH_TEXT])
+    for c in coding or ():
+        if not isinstance(c, dict):
+            continue
+        system, code, display = c.get("system"), c.get("code"), c.get("display")
+        display = display if isinstance(display, str) and display else None
+        if isinstance(system, str) and isinstance(code, str):
+            codes.append((system, code, display))
+        if display:
+            texts.append(display[:MAX_MATCH_TEXT])
+    return codes, texts
+
+
+def raw_codings(concept: Any) -> list[tuple[str, str, str | None]]:
+    """(system, code, display) of the well-typed codings of a raw CodeableConcept (see raw_concept)."""
+    return raw_concept(concept)[0]
+
+
+def reference_of(resource_type: str, rid: str | None) -> str | None:
+    """'Type/id' of a resource, or None without an id."""
+    return f"{resource_type}/{rid}" if rid else None
+
+
+# --- full R4 validation, where it is worth its cost ------------------------------------------------
+def _models() -> dict[str, Any]:
+    from fhir.resources.R4B.condition import Condition
+    from fhir.resources.R4B.medication import Medication
+    from fhir.resources.R4B.medicationrequest import MedicationRequest
+    from fhir.resources.R4B.patient import Patient
+    from fhir.resources.R4B.procedure import Procedure
+    from fhir.resources.R4B.servicerequest import ServiceRequest
+
+    return {"Condition": Condition, "MedicationRequest": MedicationRequest, "Procedure": Procedure,
+            "Medication": Medication, "Patient": Patient, "ServiceRequest": ServiceRequest}
+
+
+@lru_cache(maxsize=1)
+def _cached_models() -> dict[str, Any]:
+    return _models()
+
+
+def strict_problems(resource: Any) -> list[str]:
+    """Where a strict FHIR R4B reader (fhir.resources) rejects a resource: element paths and error
+    kinds only, never values. Empty when it validates (or is of a type this service never reads)."""
+    from pydantic import ValidationError
+
+    if not isinstance(resource, dict):
+        return ["not a JSON object"]
+    model = _cached_models().get(resource.get("resourceType"))  # type: ignore[arg-type]
+    if model is None:
+        return []
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        return [f"{'.'.join(str(p) for p in err.get('loc', ())) or '(resource)'}: {err.get('type')}"
+                for err in exc.errors()]
+    except (ValueError, TypeError) as exc:
+        return [f"(resource): {type(exc).__name__}"]
+    return []

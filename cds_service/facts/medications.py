@@ -43,37 +43,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
+from functools import lru_cache
 from typing import Any, Iterable
 
-from fhir.resources.R4B.codeableconcept import CodeableConcept
-from fhir.resources.R4B.dosage import Dosage
-from fhir.resources.R4B.medicationrequest import MedicationRequestDispenseRequest
-from fhir.resources.R4B.reference import Reference
+import msgspec
 
 from cds_service.facts.dosing import daily_dose
 from cds_service.facts.fhir_read import (
-    Malformed, Resource, SkipCounter, as_dict, as_list, as_str, codings, concept_label, concept_texts,
-    as_number, element_is_valid, read_each, validated_view,
-    parse_date, reference_of, validate,
+    Malformed, Resource, SkipCounter, concept_label, raw_concept, read_each, read_view,
+    reference_of, to_date,
 )
 from cds_service.facts.model import Code, DrugFact
 from cds_service.facts.terminology import DrugMatch, Terminology, Thresholds
+from cds_service.facts.views import Dosage, MedicationRequestView, MedicationView
 from cds_service.patient_data.record import relative_reference
 
 MATCH_RANK = {"valueset": 0, "ingredient": 1, "code-map": 2, "name": 3}
-# STU3-style dose elements directly on Dosage: read by dosing.py, not valid R4 (kept out of validation).
-LEGACY_DOSAGE_KEYS = ("doseQuantity", "doseRange", "rateQuantity", "rateRatio", "rateRange")
+# The elements of a Dosage that make its dose (sequence only orders the steps).
+DOSE_ELEMENTS = ("timing", "asNeededBoolean", "asNeededCodeableConcept", "doseAndRate", "doseQuantity", "doseRange")
 
 
 @dataclass
 class MedicationInfo:
-    """What a MedicationRequest says about its drug."""
+    """What a MedicationRequest says about its drug (from the raw JSON: the candidate check)."""
 
-    concepts: list[dict[str, Any]] = field(default_factory=list)  # coded concepts, best first
+    codes: list[tuple[str, str, str | None]] = field(default_factory=list)  # codings, best first
     names: list[str] = field(default_factory=list)  # texts/displays, best first (label first)
-    forms: list[str] = field(default_factory=list)  # Medication.form texts
-    contained: list[Resource] = field(default_factory=list)  # contained resources used
-    record_medication: Resource | None = None  # the record.medications entry used, if any
+    medication: Resource | None = None  # the contained or record Medication used, if any
+    medication_is_record: bool = False
 
     @property
     def label(self) -> str | None:
@@ -91,92 +88,74 @@ class OrderContext:
 
 
 # --- medication resolution -----------------------------------------------------------------------
-def _add_medication(info: MedicationInfo, medication: Resource) -> None:
-    """Add a Medication's code, ingredient codes and form (shapes checked here: raises Malformed)."""
-    concepts = [medication.get("code")]
-    concepts += [(as_dict(i) or {}).get("itemCodeableConcept") for i in as_list(medication.get("ingredient"))]
-    for concept in concepts:
-        codings(concept)  # shape check
-        info.concepts.append(as_dict(concept) or {})
-    info.names += concept_texts(medication.get("code"))
-    info.forms += concept_texts(medication.get("form"))
+def _add_medication(info: MedicationInfo, medication: Any) -> None:
+    """A Medication's code and ingredient codes (container shapes checked: raises Malformed)."""
+    if not isinstance(medication, dict):
+        raise Malformed("Medication is not an object")
+    codes, names = raw_concept(medication.get("code"))
+    ingredients = medication.get("ingredient")
+    if ingredients is not None and not isinstance(ingredients, list):
+        raise Malformed("ingredient is not an array")
+    for item in ingredients or ():
+        if isinstance(item, dict):
+            codes += raw_concept(item.get("itemCodeableConcept"))[0]
+    info.codes += codes
+    info.names += names
 
 
 def _contained_medication(request: Resource, ref: str) -> Resource | None:
-    for res in as_list(request.get("contained")):
+    contained = request.get("contained")
+    for res in contained if isinstance(contained, list) else ():
         if isinstance(res, dict) and res.get("resourceType") == "Medication" and f"#{res.get('id')}" == ref:
             return res
     return None
 
 
-class MalformedMedication(Malformed):
-    """The referenced record Medication (not the request) is unreadable."""
+def resolve_medication(request: Resource, medications: dict[str, Resource], skipped: SkipCounter) -> MedicationInfo:
+    """The drug a MedicationRequest orders (see module docstring), from the raw JSON.
 
-
-def resolve_medication(request: Resource, medications: dict[str, Resource], use_record: bool = True) -> MedicationInfo:
-    """The drug a MedicationRequest orders (see module docstring), without validating anything.
-
-    Raises Malformed for a bad request, MalformedMedication for a bad ``record.medications`` entry.
+    Raises Malformed for an unreadable request medication. A referenced record Medication that is
+    unreadable is counted in ``skipped["Medication"]`` and the reference display used instead.
     """
     info = MedicationInfo()
     concept = request.get("medicationCodeableConcept")
     if concept is not None:
-        info.concepts.append(as_dict(concept) or {})
-        info.names += concept_texts(concept)
+        info.codes, info.names = raw_concept(concept)
         return info
-    reference = as_dict(request.get("medicationReference")) or {}
-    ref = as_str(reference.get("reference"))
+    reference = request.get("medicationReference")
+    if reference is not None and not isinstance(reference, dict):
+        raise Malformed("medicationReference is not an object")
+    reference = reference or {}
+    ref = reference.get("reference")
+    ref = ref if isinstance(ref, str) else None
     if ref and ref.startswith("#"):
         medication = _contained_medication(request, ref)
         if medication is not None:
-            info.contained.append(medication)
             _add_medication(info, medication)
-    elif ref and use_record:
+            info.medication = medication
+    elif ref:
         medication = medications.get(ref) or medications.get(relative_reference(ref))
         if medication is not None:
-            info.record_medication = medication
             try:
-                if not isinstance(medication, dict):
-                    raise Malformed("not an object")
                 _add_medication(info, medication)
+                info.medication, info.medication_is_record = medication, True
             except Malformed:
-                raise MalformedMedication("bad Medication") from None
-    display = as_str(reference.get("display"))
-    if display:
-        info.names.append(display)
+                skipped.skip("Medication")
+                info.codes, info.names = [], []
+    display = reference.get("display")
+    if isinstance(display, str) and display:
+        info.names.append(display[:512])
     return info
-
-
-def medication_and_match(request: Resource, medications: dict[str, Resource], term: Terminology,
-                         skipped: SkipCounter) -> tuple[MedicationInfo, tuple[DrugMatch, Code | None] | None]:
-    """Resolve and classify; a referenced record Medication is validated only when the drug matched.
-
-    A bad record Medication is counted in ``skipped["Medication"]`` and the reference display used.
-    """
-    try:
-        info = resolve_medication(request, medications)
-        match = classify(info, term)
-        if match is not None and info.record_medication is not None:
-            try:
-                validate(info.record_medication)
-            except Malformed:
-                raise MalformedMedication("bad Medication") from None
-        return info, match
-    except MalformedMedication:
-        skipped.skip("Medication")
-        info = resolve_medication(request, medications, use_record=False)
-        return info, classify(info, term)
 
 
 # --- classification ------------------------------------------------------------------------------
 def classify(info: MedicationInfo, term: Terminology) -> tuple[DrugMatch, Code | None] | None:
     """Best code match over all codings, else the first name match, else None."""
     best: tuple[DrugMatch, Code | None] | None = None
-    for concept in info.concepts:
-        for c in codings(concept):
-            match = term.drug_by_code(c.get("system"), c.get("code"))
-            if match and (best is None or MATCH_RANK[match.matched_by] < MATCH_RANK[best[0].matched_by]):
-                best = (match, Code(c.get("system"), c.get("code"), c.get("display")))
+    for system, code, display in info.codes:
+        match = term.drug_by_code(system, code)
+        if match and (best is None or MATCH_RANK[match.matched_by] < MATCH_RANK[best[0].matched_by]):
+            best = (match, Code(system, code, display))
     if best:
         return best
     for name in info.names:
@@ -186,20 +165,21 @@ def classify(info: MedicationInfo, term: Terminology) -> tuple[DrugMatch, Code |
     return None
 
 
-def route_texts(dosages: list[Any]) -> list[str]:
+def route_texts(dosages: tuple[Dosage, ...]) -> list[str]:
     """The route of every dosage instruction, as recorded (text, display or code)."""
-    labels = (concept_label((as_dict(d) or {}).get("route")) for d in dosages)
+    labels = (concept_label(d.route) for d in dosages)
     return [r for r in labels if r]
 
 
-def is_systemic_non_procedural(routes: list[str], info: MedicationInfo, match: DrugMatch, term: Terminology) -> bool:
+def is_systemic_non_procedural(routes: list[str], names: list[str], forms: list[str], match: DrugMatch,
+                               term: Terminology) -> bool:
     """False for injection / rectal / nasal administration (see module docstring)."""
     if any(term.route_is_non_systemic(r) for r in routes):
         return False
-    names = info.names + info.forms + ([match.reference_display] if match.reference_display else [])
-    if any(term.dose_form_is_non_systemic(n) for n in names):
+    candidates = names + forms + ([match.reference_display] if match.reference_display else [])
+    if any(term.dose_form_is_non_systemic(n) for n in candidates):
         return False
-    brands = (term.drug_by_name(n) for n in info.names)
+    brands = (term.drug_by_name(n) for n in names)
     return not (match.non_systemic_brand or any(b and b.non_systemic_brand for b in brands))
 
 
@@ -244,29 +224,25 @@ DURATION_DAYS = {"d": 1.0, "day": 1.0, "days": 1.0, "wk": 7.0, "week": 7.0, "wee
                  "mo": 30.0, "month": 30.0, "months": 30.0, "h": 1 / 24, "a": 365.0}
 
 
-def supply_days(request: Resource) -> float | None:
+def supply_days(view: MedicationRequestView) -> float | None:
     """Days a dispense covers, times the dispenses allowed (first fill + repeats), or None.
 
     A ``stopped`` order ended before all its dispenses: only the first fill is counted."""
-    dispense = as_dict(request.get("dispenseRequest")) or {}
-    duration = as_dict(dispense.get("expectedSupplyDuration"))
-    if not duration:
+    dispense = view.dispenseRequest
+    duration = dispense.expectedSupplyDuration if dispense else None
+    if duration is None:
         return None
-    value = as_number(duration.get("value"))
-    unit = as_str(duration.get("code")) or as_str(duration.get("unit"))
-    per_day = DURATION_DAYS.get((unit or "").lower())
-    if value is None or value <= 0 or per_day is None:
+    per_day = DURATION_DAYS.get((duration.code or duration.unit or "").lower())
+    if duration.value is None or duration.value <= 0 or per_day is None:
         return None
-    repeats = as_number(dispense.get("numberOfRepeatsAllowed")) or 0
-    if request.get("status") == "stopped":
-        repeats = 0
-    return value * per_day * (1 + max(0, repeats))
+    repeats = 0.0 if view.status == "stopped" else (dispense.numberOfRepeatsAllowed or 0.0)
+    return duration.value * per_day * (1 + max(0.0, repeats))
 
 
 def bridge_refills(drugs: list[DrugFact], bridge_days: int, today: date | None = None) -> list[DrugFact]:
     """Refills: an order of a drug whose end is unknown lasted until the next order of that drug,
     when that one was written within ``bridge_days`` (monthly renewals without end dates are one
-    course, not a row of one-day trials). Record order is kept."""
+    course, not a row of one-day trials). Record order is kept. One sort per drug: O(n log n)."""
     by_drug: dict[str, list[int]] = {}
     for i, d in enumerate(drugs):
         if d.was_taken and d.trial_start is not None:
@@ -285,85 +261,80 @@ def bridge_refills(drugs: list[DrugFact], bridge_days: int, today: date | None =
 
 
 # --- building a DrugFact -------------------------------------------------------------------------
-def _validity(request: Resource) -> tuple[date | None, date | None]:
-    dispense = as_dict(request.get("dispenseRequest")) or {}
-    period = as_dict(dispense.get("validityPeriod")) or {}
-    return parse_date(period.get("start")), parse_date(period.get("end"))
+@lru_cache(maxsize=4096)
+def _medication_forms(medication: MedicationView | None) -> list[str]:
+    form = medication.form if medication else None
+    if form is None:
+        return []
+    return [t for t in ([form.text] + [c.display for c in form.coding]) if t]
 
 
-def _for_validation(request: Resource) -> Resource:
-    """The request with STU3-style dose elements removed from its dosages (read separately)."""
-    dosages = request.get("dosageInstruction")
-    if not isinstance(dosages, list):
-        return request
-    cleaned = [{k: v for k, v in d.items() if k not in LEGACY_DOSAGE_KEYS} if isinstance(d, dict) else d
-               for d in dosages]
-    return {**request, "dosageInstruction": cleaned}
+def _forms(info: MedicationInfo, skipped: SkipCounter) -> list[str]:
+    """Medication.form texts of the Medication the request uses (its view, partly read if need be)."""
+    if info.medication is None:
+        return []
+    view, complete = read_view(info.medication, MedicationView)
+    if not complete:
+        skipped.skip("Medication (partly read)")
+    return _medication_forms(view)
 
 
-_ELEMENT_MODELS = {
-    "medicationCodeableConcept": CodeableConcept,
-    "medicationReference": Reference,
-    "dispenseRequest": MedicationRequestDispenseRequest,
-}
-
-
-def readable_request(request: Resource, contained: list[Resource], skipped: SkipCounter) -> Resource:
-    """The parts of a classified MedicationRequest that may be read (see ``validated_view``).
-
-    When the request as a whole does not validate, each dosage instruction is kept only if it
-    validates on its own: a dose written in an odd shape gives no dose, not a missed order.
-    """
-    try:
-        validate(_for_validation(request), contained)
-        return request
-    except Malformed:
-        pass
-    view = validated_view(request, elements=_ELEMENT_MODELS, skipped=skipped, contained=contained,
-                          required=("medicationCodeableConcept", "medicationReference"),
-                          strings=("status", "intent"), dates=("authoredOn",))
+def dose_steps(request: Resource) -> tuple[Dosage, ...]:
+    """The dosage instructions whose dose elements all read (the slow path of a partly read order):
+    an instruction with a malformed dose, timing or as-needed element gives no dose — a dose is
+    never worked out from a half-read instruction — while the order itself still counts."""
     raw = request.get("dosageInstruction")
-    raw = raw if isinstance(raw, list) else []
-    cleaned = _for_validation({"dosageInstruction": raw})["dosageInstruction"]
-    dosages = [d for d, clean in zip(raw, cleaned) if element_is_valid(Dosage, clean)]
-    if dosages:
-        view["dosageInstruction"] = dosages
-    return view
+    steps = []
+    for item in raw if isinstance(raw, list) else ():
+        if not isinstance(item, dict):
+            continue
+        try:
+            step = msgspec.convert({k: item[k] for k in DOSE_ELEMENTS if k in item}, Dosage)
+        except msgspec.ValidationError:
+            continue
+        sequence = item.get("sequence")
+        if isinstance(sequence, (int, float)) and not isinstance(sequence, bool):
+            step = msgspec.structs.replace(step, sequence=float(sequence))
+        steps.append(step)
+    return tuple(steps)
 
 
-def read_medication_request(request: Resource, medications: dict[str, Resource], term: Terminology,
+def read_medication_request(request: Any, medications: dict[str, Resource], term: Terminology,
                             ctx: OrderContext, skipped: SkipCounter) -> DrugFact | None:
     """A DrugFact for one MedicationRequest, or None when it is not a drug of interest. Raises Malformed."""
     if not isinstance(request, dict):
         raise Malformed("not an object")
     if request.get("doNotPerform") is True:
         return None  # an order NOT to give the drug: not a prescription of it
-    info, classified = medication_and_match(request, medications, term, skipped)
+    info = resolve_medication(request, medications, skipped)
+    classified = classify(info, term)
     if classified is None:
         return None
     match, code = classified
-    request = readable_request(request, info.contained, skipped)
-    status = as_str(request.get("status"))
+    view, complete = read_view(request, MedicationRequestView)
+    if not complete:
+        skipped.skip("MedicationRequest (partly read)")
+    status = view.status
     if status == "entered-in-error":
         return None
-    authored = parse_date(request.get("authoredOn"))
-    start, end = _validity(request)
-    dosages = as_list(request.get("dosageInstruction"))
-    routes = route_texts(dosages)
+    authored = to_date(view.authoredOn)
+    period = view.dispenseRequest.validityPeriod if view.dispenseRequest else None
+    start, end = (to_date(period.start), to_date(period.end)) if period else (None, None)
+    routes = route_texts(view.dosageInstruction)
     current = not ctx.is_draft and is_current(status, authored, start, end, ctx.today, ctx.thresholds)
     trial_start, trial_end = trial_period(authored, start, end, current, ctx.today,
-                                          supply_days(request) if not ctx.is_draft else None)
-    dose = daily_dose(dosages, info.names + ([match.reference_display] if match.reference_display else []),
-                      match.ingredient)
+                                          supply_days(view) if not ctx.is_draft else None)
+    names = tuple(info.names + ([match.reference_display] if match.reference_display else []))
+    dose = daily_dose(view.dosageInstruction if complete else dose_steps(request), names, match.ingredient)
     return DrugFact(
-        reference=reference_of(request), drug_class=match.drug_class, ingredient=match.ingredient,
-        label=info.label or match.ingredient, matched_by=match.matched_by, code=code, status=status,
-        authored_on=authored, period_start=start, period_end=end,
+        reference=reference_of("MedicationRequest", view.id), drug_class=match.drug_class,
+        ingredient=match.ingredient, label=info.label or match.ingredient, matched_by=match.matched_by,
+        code=code, status=status, authored_on=authored, period_start=start, period_end=end,
         route=routes[0] if routes else None,
-        systemic_non_procedural=is_systemic_non_procedural(routes, info, match, term),
+        systemic_non_procedural=is_systemic_non_procedural(routes, info.names, _forms(info, skipped), match, term),
         daily_dose_mg=dose.mg_per_day if dose else None, dose_text=dose.text if dose else None,
         is_current=current, is_draft_order=ctx.is_draft, is_selected=ctx.selected,
-        trial_start=trial_start, trial_end=trial_end, intent=as_str(request.get("intent")),
+        trial_start=trial_start, trial_end=trial_end, intent=view.intent,
         daily_dose_low_mg=dose.low_mg_per_day if dose else None,
     )
 

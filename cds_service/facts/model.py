@@ -7,6 +7,7 @@ enough provenance (resource reference, code, dates, status) for a card to say wh
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
@@ -56,6 +57,9 @@ class ConditionFact:
     verification_status: str | None
     onset: date | None
     recorded: date | None
+    # False when a status element was recorded but could not be read: whether the condition is
+    # active is unknown (safety cards treat it as possibly active, guideline steps as absent).
+    status_known: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,8 @@ class ClinicalFacts:
 
     today: date
     ptsd: list[ConditionFact] = field(default_factory=list)  # active PTSD conditions only
+    # PTSD conditions whose clinical or verification status could not be read (status unknown).
+    ptsd_unknown_status: list[ConditionFact] = field(default_factory=list)
     nightmares: list[ConditionFact] = field(default_factory=list)  # active nightmare conditions only
     drugs: list[DrugFact] = field(default_factory=list)  # classified MedicationRequests from the record
     draft_drugs: list[DrugFact] = field(default_factory=list)  # classified draft orders (order hooks)
@@ -176,12 +182,25 @@ class ClinicalFacts:
 
     @property
     def combined(self) -> bool:
-        """A trauma-focused session took place while an SSRI or venlafaxine was being taken."""
+        """A trauma-focused session took place while an SSRI or venlafaxine was being taken.
+
+        Sorted and merged, never pairwise: the drug periods are merged into disjoint intervals
+        (one sort), then each session date is looked up with a binary search — O((n + m) log n)."""
+        periods = sorted((d.trial_start, d.trial_end) for d in self.drugs
+                         if d.was_taken and (d.drug_class == "ssri" or d.ingredient == "venlafaxine")
+                         and d.trial_start and d.trial_end and d.trial_start <= d.trial_end)
+        starts: list[date] = []
+        ends: list[date] = []
+        for start, end in periods:
+            if ends and start <= ends[-1]:
+                ends[-1] = max(ends[-1], end)
+            else:
+                starts.append(start)
+                ends.append(end)
         for s in self.sessions:
             if s.performed is None:
                 continue
-            for d in self.drugs:
-                if d.was_taken and (d.drug_class == "ssri" or d.ingredient == "venlafaxine"):
-                    if d.trial_start and d.trial_end and d.trial_start <= s.performed <= d.trial_end:
-                        return True
+            i = bisect_right(starts, s.performed) - 1
+            if i >= 0 and s.performed <= ends[i]:
+                return True
         return False

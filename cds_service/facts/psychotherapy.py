@@ -15,69 +15,62 @@ a declined or cancelled session or education is not a session. Generic psychothe
 does not count - but a generic code whose text names the therapy ("Prolonged exposure therapy",
 billed as 90837) does.
 
-``performed`` is ``performedDateTime`` or ``performedPeriod.start``.
+``performed`` is ``performedDateTime`` or ``performedPeriod.start``. Only the candidates (status
+completed and a therapy code or text) are decoded into ``views.ProcedureView``.
 """
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Iterable
+from typing import Any, Iterable
 
 from cds_service.facts.fhir_read import (
-    Malformed, Resource, SkipCounter, codings, concept_label, concept_texts, parse_date, reference_of,
-    read_each, validated_view,
+    Malformed, Resource, SkipCounter, concept_label, raw_concept, read_each, read_view, reference_of,
+    to_date,
 )
-from fhir.resources.R4B.codeableconcept import CodeableConcept
-from fhir.resources.R4B.period import Period
-
 from cds_service.facts.model import Code, MatchedBy, TherapyKind, TherapySession
 from cds_service.facts.terminology import Terminology
+from cds_service.facts.views import ProcedureView
 
 
-def _by_code(procedure: Resource, term: Terminology) -> tuple[TherapyKind, MatchedBy, Code] | None:
+def _by_code(codes, term: Terminology) -> tuple[TherapyKind, MatchedBy, Code] | None:
     best = None
-    for c in codings(procedure.get("code")):
-        hit = term.therapy_by_code(c.get("system"), c.get("code"))
+    for system, code, display in codes:
+        hit = term.therapy_by_code(system, code)
         if hit and (best is None or (hit[1] == "code-map" and best[1] != "code-map")):
-            best = (hit[0], hit[1], Code(c.get("system"), c.get("code"), c.get("display")))
+            best = (hit[0], hit[1], Code(system, code, display))
     return best
 
 
-def _by_text(procedure: Resource, term: Terminology) -> TherapyKind | None:
-    for text in concept_texts(procedure.get("code")):
+def _by_text(texts: list[str], term: Terminology) -> TherapyKind | None:
+    for text in texts:
         therapy = term.therapy_by_text(text)
         if therapy:
             return therapy
     return None
 
 
-def _performed(procedure: Resource) -> date | None:
-    period = procedure.get("performedPeriod") or {}
-    return parse_date(procedure.get("performedDateTime")) or parse_date(period.get("start"))
-
-
-_ELEMENT_MODELS = {"code": CodeableConcept, "performedPeriod": Period}
-
-
-def read_procedure(procedure: Resource, term: Terminology, skipped: SkipCounter | None = None) -> TherapySession | None:
+def read_procedure(procedure: Any, term: Terminology, skipped: SkipCounter) -> TherapySession | None:
     """A session for one Procedure, or None. Raises Malformed."""
     if not isinstance(procedure, dict):
         raise Malformed("not an object")
     if procedure.get("status") != "completed":
         return None
-    coded = _by_code(procedure, term)
-    therapy = coded[0] if coded else _by_text(procedure, term)
+    codes, texts = raw_concept(procedure.get("code"))
+    coded = _by_code(codes, term)
+    therapy = coded[0] if coded else _by_text(texts, term)
     if therapy is None:
         return None
-    procedure = validated_view(procedure, elements=_ELEMENT_MODELS, required=("code",),
-                               dates=("performedDateTime",), skipped=skipped or SkipCounter())
+    view, complete = read_view(procedure, ProcedureView)
+    if not complete:
+        skipped.skip("Procedure (partly read)")
+    period_start = view.performedPeriod.start if view.performedPeriod else None
     return TherapySession(
-        reference=reference_of(procedure),
+        reference=reference_of("Procedure", view.id),
         therapy=therapy,
-        label=concept_label(procedure.get("code")) or therapy,
+        label=concept_label(view.code) or therapy,
         matched_by=coded[1] if coded else "name",
         code=coded[2] if coded else None,
-        performed=_performed(procedure),
+        performed=to_date(view.performedDateTime) or to_date(period_start),
     )
 
 

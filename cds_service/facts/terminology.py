@@ -128,7 +128,7 @@ class Thresholds:
 
 
 # --- the terminology ------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: the memoised look-ups below key on it
 class _Base:
     """Everything loaded from the data folder (shared by all Terminology instances)."""
 
@@ -277,21 +277,15 @@ class Terminology:
 
     def drug_by_name(self, text: str | None) -> DrugMatch | None:
         """First generic or brand name of interest in ``text`` (whole words, case-insensitive)."""
-        if not text:
-            return None
-        m = self.base.name_regex.search(text)
-        if m is None:
-            return None
-        ingredient, non_systemic = self.base.name_to_ingredient[re.sub(r"\s+", " ", m.group(0).lower())]
-        return DrugMatch(ingredient, self.base.drug_class[ingredient], "name", non_systemic_brand=non_systemic)
+        return _drug_by_name(self.base, text[:MAX_TEXT]) if text else None
 
     def route_is_non_systemic(self, route_text: str | None) -> bool:
         """Dosage.route text says injection / rectal / nasal."""
-        return bool(route_text) and self.base.route_regex.search(route_text) is not None  # type: ignore[arg-type]
+        return bool(route_text) and _search(self.base.route_regex, route_text[:MAX_TEXT])  # type: ignore[index]
 
     def dose_form_is_non_systemic(self, name: str | None) -> bool:
         """A drug name / form names an injection, rectal or nasal dose form."""
-        return bool(name) and self.base.dose_form_regex.search(name) is not None  # type: ignore[arg-type]
+        return bool(name) and _search(self.base.dose_form_regex, name[:MAX_TEXT])  # type: ignore[index]
 
     # psychotherapy ------------------------------------------------------------------------------
     def therapy_by_code(self, system: str | None, code: str | None) -> tuple[TherapyKind, MatchedBy] | None:
@@ -304,17 +298,39 @@ class Terminology:
 
     def therapy_by_text(self, text: str | None) -> TherapyKind | None:
         """The therapy a procedure text names, unless it describes a referral / declined session."""
-        if not text:
-            return None
-        for therapy, pattern in self.base.therapy_patterns:
-            if pattern.search(text):
-                return None if self.base.therapy_exclusion.search(text) else therapy
-        return None
+        return _therapy_by_text(self.base, text[:MAX_TEXT]) if text else None
 
     # thresholds ---------------------------------------------------------------------------------
     @property
     def thresholds(self) -> Thresholds:
         return self.base.thresholds
+
+
+# Look-ups by text are memoised per distinct text (a record of 1,000 identical orders matches the
+# name once); texts are cut to MAX_TEXT characters before any pattern sees them.
+MAX_TEXT = 512
+
+
+@lru_cache(maxsize=8192)
+def _drug_by_name(base: _Base, text: str) -> DrugMatch | None:
+    m = base.name_regex.search(text)
+    if m is None:
+        return None
+    ingredient, non_systemic = base.name_to_ingredient[re.sub(r"\s+", " ", m.group(0).lower())]
+    return DrugMatch(ingredient, base.drug_class[ingredient], "name", non_systemic_brand=non_systemic)
+
+
+@lru_cache(maxsize=8192)
+def _search(pattern: re.Pattern[str], text: str) -> bool:
+    return pattern.search(text) is not None
+
+
+@lru_cache(maxsize=8192)
+def _therapy_by_text(base: _Base, text: str) -> TherapyKind | None:
+    for therapy, pattern in base.therapy_patterns:
+        if pattern.search(text):
+            return None if base.therapy_exclusion.search(text) else therapy
+    return None
 
 
 @lru_cache(maxsize=1)
