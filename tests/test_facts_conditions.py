@@ -121,14 +121,16 @@ def test_malformed_conditions_are_skipped_and_counted():
     good = b.condition(id="good")
     string_code = {**b.condition(id="s1"), "code": "F43.10"}
     string_status = {**b.condition(id="s2"), "clinicalStatus": "active"}
-    no_subject = {k: v for k, v in b.condition(id="s3").items() if k != "subject"}  # fails R4B validation
+    no_subject = {k: v for k, v in b.condition(id="s3").items() if k != "subject"}  # not an element read
     bad_date = b.condition(id="s4", onset="19-06-2015")
     facts = facts_for(good, string_code, string_status, no_subject, bad_date, "not a resource", None)
     # Safety first: a PTSD diagnosis with an unrelated malformed element (no subject, a bad date)
-    # still counts, read from the elements that validate; an unreadable code or status does not.
+    # still counts, read from the elements that read; an unreadable code does not, and an
+    # unreadable status is unknown (never guessed active or inactive).
     assert [f.reference for f in facts.ptsd] == ["Condition/good", "Condition/s3", "Condition/s4"]
     assert facts.ptsd[2].onset is None
-    assert facts.skipped == {"Condition": 4, "Condition (partly read)": 2}
+    assert [f.reference for f in facts.ptsd_unknown_status] == ["Condition/s2"]
+    assert facts.skipped == {"Condition": 3, "Condition (partly read)": 2}
 
 
 def test_unrelated_conditions_are_not_validated_or_counted():
