@@ -1,19 +1,26 @@
-"""Reading a JSON request body: content type, size, nesting depth."""
+"""Reading a JSON request body: content type and charset, size, UTF-8, nesting depth, one parse.
+
+Everything here is linear in the body: the nesting limit is checked with a few C-speed byte
+passes (``bytes.replace`` / ``translate`` / ``split`` and one ``accumulate``) before the body is
+parsed once with msgspec, which is strict JSON (no NaN/Infinity, no number overflow, valid UTF-8
+only, no lone surrogate escapes). No regular expression ever sees the body.
+"""
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from itertools import accumulate
 from typing import Any
 
+import msgspec
+
 from cds_service.errors import ApiError
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # a JSON string, escapes included
-_BARE_STRING = re.compile(rb'"[^"]*"')  # a JSON string once escapes are known to be absent
-_DELETE_ALL_BUT_STRUCTURE = bytes(b for b in range(256) if b not in b'{}[]"')
-_SIGNS = bytes.maketrans(b"{[}]", b"\x01\x01\xff\xff")
+_KEEP_STRUCTURE = bytes(b for b in range(256) if b not in b'{}[]"')
+_ONE_KIND = bytes.maketrans(b"{[}]", b"<<>>")  # depth does not depend on the kind of bracket
+_ANGLE_SIGNS = bytes.maketrans(b"<>", b"\x01\xff")
+_DECODER = msgspec.json.Decoder()
+# Byte-order marks and the NUL patterns of UTF-16 / UTF-32 text (RFC 8259 §8.1: JSON is UTF-8).
+_OTHER_ENCODINGS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 
 
 def is_json_content_type(mimetype: str | None) -> bool:
@@ -24,29 +31,49 @@ def is_json_content_type(mimetype: str | None) -> bool:
     return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
+def _structure(raw: bytes) -> bytes:
+    """The brackets of a JSON text that lie outside strings, in order.
+
+    Escaped backslashes, then escaped quotes are removed (``\\\\`` pairs first, so ``\\\\"``
+    still ends a string), everything but brackets and quotes is dropped, adjacent quote pairs are
+    removed (which keeps the inside/outside parity of every bracket), and any text still between
+    quotes is cut out by splitting on the quote. Every step is one C-speed pass: no backtracking."""
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = raw.translate(None, _KEEP_STRUCTURE).replace(b'""', b"")
+    if b'"' in structure:
+        structure = b"".join(structure.split(b'"')[::2])  # even pieces lie outside strings
+    return structure
+
+
+def _max_running_sum(structure: bytes) -> int:
+    """Deepest nesting of a bracket structure written with ``<`` and ``>`` (one running sum)."""
+    if not structure:
+        return 0
+    return max(0, max(accumulate(memoryview(structure.translate(_ANGLE_SIGNS)).cast("b"))))
+
+
+def nesting_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether a JSON text nests objects/arrays deeper than ``limit`` (brackets in strings do not count).
+
+    Peels the innermost bracket pairs off the bracket structure, one level per pass (one
+    ``bytes.replace``): ordinary JSON, whose many leaves go in the first passes, is done in a
+    few cheap passes. A structure that stops shrinking fast (a long chain of brackets) is
+    measured instead with one running sum. Linear either way; no backtracking."""
+    structure = _structure(raw).translate(_ONE_KIND)
+    for peeled_levels in range(limit):
+        if not structure:
+            return False
+        peeled = structure.replace(b"<>", b"")  # one level: only pairs adjacent before the pass
+        if len(peeled) > len(structure) - len(structure) // 8:
+            return _max_running_sum(structure) > limit - peeled_levels  # shrinking slowly: count
+        structure = peeled
+    return bool(structure)
+
+
 def nesting_depth(raw: bytes) -> int:
-    """Deepest object/array nesting of a JSON text (strings are ignored)."""
-    if raw.count(b"{") + raw.count(b"[") == 0:
-        return 0
-    if b'\\"' in raw:  # escaped quotes: strip whole strings with the full pattern (slower)
-        structure = _STRING.sub(b"", raw).translate(None, _DELETE_ALL_BUT_STRUCTURE)
-    else:  # every quote delimits a string: keep only quotes and brackets, then drop strings
-        structure = _BARE_STRING.sub(b"", raw.translate(None, _DELETE_ALL_BUT_STRUCTURE))
-    brackets = structure.translate(_SIGNS)
-    if not brackets:
-        return 0
-    return max(accumulate(memoryview(brackets).cast("b")))
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity: Python accepts, JSON does not
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")  # 1e999 would become infinity
-    return value
+    """Deepest object/array nesting of a JSON text, exactly (diagnostics and tests; linear)."""
+    return _max_running_sum(_structure(raw).translate(_ONE_KIND))
 
 
 def check_content_type(mimetype: str | None, mimetype_params: dict[str, str]) -> None:
@@ -78,16 +105,52 @@ def read_body(request, max_body: int) -> bytes:
     return raw
 
 
+def _not_utf8(raw: bytes) -> bool:
+    """A UTF-16/32 text or a byte-order mark (json.loads would accept those; JSON is UTF-8)."""
+    return raw.startswith(_OTHER_ENCODINGS) or b"\x00" in raw[:4]
+
+
 def parse_json_body(raw: bytes, *, max_depth: int) -> Any:
     """The body as JSON (content type already checked by ``check_content_type``), or a 400."""
     if not raw.strip():
         raise ApiError(400, "The request body is empty; a JSON object was expected", code="structure")
+    if _not_utf8(raw):
+        raise ApiError(400, "The request body is not UTF-8 (JSON must be UTF-8, without a byte-order mark)",
+                       code="structure")
     # Cheap bound first: a body with fewer brackets than the limit cannot be too deep.
-    if raw.count(b"{") + raw.count(b"[") > max_depth and nesting_depth(raw) > max_depth:
+    if raw.count(b"{") + raw.count(b"[") > max_depth and nesting_exceeds(raw, max_depth):
         raise ApiError(400, f"JSON nesting deeper than {max_depth} levels is not accepted",
                        code="too-costly")
     try:
-        return json.loads(raw, parse_constant=_not_json, parse_float=_finite_float)
-    except (ValueError, RecursionError) as exc:
-        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise ApiError(400, f"The request body is not valid JSON{where}", code="structure") from None
+        return _DECODER.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        text = str(exc)
+        if isinstance(exc, RecursionError):
+            raise ApiError(400, f"JSON nesting deeper than {max_depth} levels is not accepted",
+                           code="too-costly") from None
+        if "UTF-8" in text:
+            why = "is not valid JSON (not valid UTF-8)"
+        elif "out of range" in text:
+            why = "is not valid JSON (a number out of range)"
+        elif "truncated" in text and b"\\u" in raw:
+            why = "is not valid JSON (an incomplete JSON text, or a lone surrogate \\u escape)"
+        else:
+            why = "is not valid JSON"
+        raise ApiError(400, f"The request body {why}{_where(text, raw)}", code="structure") from None
+
+
+def _where(message: str, raw: bytes) -> str:
+    """Line and column of the error: msgspec names the byte offset ("(byte 12)"), or the input
+    ended early ("truncated"). A position in the caller's own text, never its values."""
+    if "(byte " in message:
+        try:
+            offset = int(message.rsplit("(byte ", 1)[1].split(")")[0])
+        except ValueError:
+            return ""
+    elif "truncated" in message:
+        offset = len(raw)
+    else:
+        return ""
+    line = raw.count(b"\n", 0, offset) + 1
+    column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+    return f" (line {line}, column {column})"
