@@ -132,8 +132,8 @@ def parse_json_body(raw: bytes, *, max_depth: int) -> Any:
             why = "is not valid JSON (not valid UTF-8)"
         elif "out of range" in text:
             why = "is not valid JSON (a number out of range)"
-        elif "truncated" in text and b"\\u" in raw:
-            why = "is not valid JSON (an incomplete JSON text, or a lone surrogate \\u escape)"
+        elif "surrogate" in text or ("truncated" in text and b"\\u" in raw[-12:]):
+            why = "is not valid JSON (a lone UTF-16 surrogate escape such as \\ud800)"
         else:
             why = "is not valid JSON"
         raise ApiError(400, f"The request body {why}{_where(text, raw)}", code="structure") from None
