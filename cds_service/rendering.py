@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import date
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -30,6 +31,12 @@ THERAPY_NAMES = {
     "cognitive-processing-therapy": "cognitive processing therapy (CPT)",
     "emdr": "EMDR",
 }
+
+
+# Bounds on the "Why this card" list (issue #7: the detail must not grow with the record).
+MAX_CONDITION_LINES = 3
+MAX_DRUG_LINES = 6
+MAX_REFS = 3
 
 
 class RenderError(RuntimeError):
@@ -206,15 +213,22 @@ def condition_line(c: ConditionFact) -> str:
     return f"- **{name}:** {what} — {details}{_ref(c.reference)}"
 
 
-def drug_line(d: DrugFact, hook: str) -> str:
+def _drug_kind(d: DrugFact, hook: str) -> str:
     if d.is_draft_order:
-        kind = "Draft order being signed" if hook == ORDER_SIGN else "Selected draft order"
-    else:
-        kind = "Current medication" if d.is_current else "Medication (not current)"
+        return "Draft order being signed" if hook == ORDER_SIGN else "Selected draft order"
+    return "Current medication" if d.is_current else "Medication (not current)"
+
+
+def _dose_phrase(d: DrugFact) -> str:
+    if d.dose_text:
+        return md_escape(d.dose_text)
+    return f"{d.daily_dose_mg:g} mg/day" if d.daily_dose_mg is not None else "daily dose not recorded"
+
+
+def drug_line(d: DrugFact, hook: str) -> str:
     details = _join([
         md_escape(d.ingredient),
-        md_escape(d.dose_text) if d.dose_text else (f"{d.daily_dose_mg:g} mg/day" if d.daily_dose_mg is not None
-                                                   else "daily dose not recorded"),
+        _dose_phrase(d),
         d.route and f"route {md_escape(d.route)}",
         d.status and f"status {md_escape(d.status)}",
         d.authored_on and f"ordered {_date(d.authored_on)}",
@@ -222,7 +236,20 @@ def drug_line(d: DrugFact, hook: str) -> str:
         f"valid {_date(d.period_start) or '?'} to {_date(d.period_end) or 'open'}",
         d.code and md_escape(d.code.label()),
     ])
-    return f"- **{kind}:** {md_escape(d.label)} — {details}{_ref(d.reference)}"
+    return f"- **{_drug_kind(d, hook)}:** {md_escape(d.label)} — {details}{_ref(d.reference)}"
+
+
+def _refs(references: Iterable[str | None], limit: int = MAX_REFS) -> str:
+    """" (A, B, C and 34 more)" — at most ``limit`` resource references, then a count."""
+    refs = [r for r in references if r]
+    if not refs:
+        return ""
+    shown = ", ".join(refs[:limit]) + (f" and {len(refs) - limit} more" if len(refs) > limit else "")
+    return _ref(shown)
+
+
+def _month(value) -> str:
+    return value.strftime("%Y-%m") if value else "?"
 
 
 def trial_line(t: SsriTrial) -> str:
@@ -231,9 +258,31 @@ def trial_line(t: SsriTrial) -> str:
     span = f"{_date(start) or '?'} to {_date(end) or '?'}"
     verdict = f"adequate: {'yes' if t.adequate else 'no'}; failed: {'yes' if t.failed else 'no'}"
     how = md_escape(t.reason) if t.reason else verdict
-    orders = [o.reference for o in t.orders if o.reference] if t.orders else [d.reference]
-    refs = _ref(", ".join(r for r in orders if r)) if any(orders) else ""
+    refs = _refs(o.reference for o in t.orders) if t.orders else _ref(d.reference)
     return f"- **SSRI trial:** {md_escape(d.ingredient if len(t.orders) > 1 else d.label)}, {span} — {how}{refs}"
+
+
+def drug_lines(drugs: Iterable[DrugFact], hook: str) -> list[str]:
+    """One line per drug order; beyond MAX_DRUG_LINES, one summary line per ingredient and kind
+    ("sertraline: 37 orders, 2019-03 to 2026-10; latest: ...") so the detail stays short however
+    long the record (issue #7: card detail bounded)."""
+    drugs = list(drugs)
+    if len(drugs) <= MAX_DRUG_LINES:
+        return [drug_line(d, hook) for d in drugs]
+    groups: dict[tuple[str, str], list[DrugFact]] = {}
+    for d in drugs:
+        groups.setdefault((_drug_kind(d, hook), d.ingredient), []).append(d)
+    lines = []
+    for (kind, ingredient), group in groups.items():
+        if len(group) == 1:
+            lines.append(drug_line(group[0], hook))
+            continue
+        dates = sorted(x for d in group for x in (d.trial_start, d.trial_end) if x)
+        latest = max(group, key=lambda d: (d.trial_start or date.min, d.trial_end or date.min))
+        span = f", {_month(dates[0])} to {_month(dates[-1])}" if dates else ""
+        lines.append(f"- **{kind}:** {md_escape(ingredient)} — {len(group)} orders{span}; latest: "
+                     f"{md_escape(latest.label)}, {_dose_phrase(latest)}{_refs(d.reference for d in group)}")
+    return lines
 
 
 def session_lines(sessions: Iterable[TherapySession]) -> list[str]:
@@ -252,8 +301,11 @@ def session_lines(sessions: Iterable[TherapySession]) -> list[str]:
 
 def why_section(finding: Finding) -> str:
     lines = ["### Why this card", ""]
-    lines += [condition_line(c) for c in finding.conditions]
-    lines += [drug_line(d, finding.hook) for d in finding.drugs]
+    lines += [condition_line(c) for c in finding.conditions[:MAX_CONDITION_LINES]]
+    if len(finding.conditions) > MAX_CONDITION_LINES:
+        lines.append(f"- … and {len(finding.conditions) - MAX_CONDITION_LINES} more matching conditions"
+                     f"{_refs(c.reference for c in finding.conditions[MAX_CONDITION_LINES:])}")
+    lines += drug_lines(finding.drugs, finding.hook)
     lines += [trial_line(t) for t in finding.ssri_trials]
     if finding.session_count is not None:
         lines.append(f"- **Trauma-focused psychotherapy sessions found:** {finding.session_count}")

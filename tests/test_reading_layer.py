@@ -199,3 +199,37 @@ def test_a_record_with_many_identical_orders_reads_each_once():
               for i in range(300)]
     facts = extract_facts(b.record(medication_requests=copy.deepcopy(orders)), today=TODAY, hook="patient-view")
     assert len(facts.drugs) == 300 and {d.daily_dose_mg for d in facts.drugs} == {50}
+
+
+# --- bounded card detail --------------------------------------------------------------------------
+def _treatment_history(n: int) -> dict:
+    """Active PTSD; n/2 monthly sertraline renewals (adequate, failed) and n/2 EMDR sessions, none
+    of them inside a drug period (so step 5, which lists the whole history, is the card)."""
+    orders, sessions = [], []
+    for i in range(n // 2):
+        start = date(1960, 1, 1).toordinal() + i
+        orders.append(b.med_request("312941", id=f"s{i}", status="completed",
+                                    authored=date.fromordinal(start).isoformat(),
+                                    validity=(date.fromordinal(start).isoformat(), date.fromordinal(start).isoformat()),
+                                    dosage=[b.dosage(100, "mg")]))
+    for i in range(n // 2):
+        sessions.append(b.procedure("emdr", b.PSYCHOTHERAPY, id=f"p{i}",
+                                    performed=date.fromordinal(date(2000, 1, 1).toordinal() + i).isoformat()))
+    long_course = b.med_request("312941", id="long", status="completed", authored="1990-01-01",
+                                validity=("1990-01-01", "1990-06-01"), dosage=[b.dosage(100, "mg")])
+    venlafaxine = b.med_request("313585", id="v", status="completed", authored="1992-01-01",
+                                validity=("1992-01-01", "1992-06-01"), dosage=[b.dosage(1, "capsule")])
+    return full_prefetch(conditions=[ptsd_condition()], medications=orders + [long_course, venlafaxine],
+                         procedures=sessions)
+
+
+@pytest.mark.parametrize("n", [2_000, 10_000])
+def test_card_detail_is_bounded_however_long_the_record(client, n):
+    result = assert_conformant(call(client, "ptsd-patient-view",
+                                    hook_request("patient-view", prefetch=_treatment_history(n))))
+    size = len(json.dumps(result))
+    assert topics(result) == ["step-5-combine"]
+    assert size < 64 * 1024, size
+    detail = result["cards"][0]["detail"]
+    assert f"{n // 2 + 1} orders" in detail and "and " in detail  # summarised, with a count
+    assert f"EMDR: {n // 2} sessions" in detail
