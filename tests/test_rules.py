@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import itertools
-from dataclasses import replace
+import msgspec
+from msgspec.structs import replace
 from datetime import date, timedelta
 
 import pytest
@@ -253,7 +253,7 @@ def test_selected_benzodiazepine_order_is_critical_with_its_target():
 def test_only_orders_being_placed_are_checked(status, fires):
     """A stopped or cancelled order in draftOrders is a discontinuation: no 'delete this order' card.
     An active one is a revised order being re-signed (hook library order-sign 1.1.0)."""
-    lorazepam = dataclasses.replace(order("lorazepam", "o1", mg=1), status=status)
+    lorazepam = msgspec.structs.replace(order("lorazepam", "o1", mg=1), status=status)
     out = evaluate_rules("order-sign", facts(drafts=[lorazepam]))
     assert (topics(out) == ["benzodiazepine-avoid"]) is fires
 
@@ -375,5 +375,5 @@ def test_bad_guideline_data_is_refused_with_the_field_named(tmp_path):
                                           ("Paxil CR 62.5 mg", False)])
 def test_paroxetine_range_is_for_immediate_release_only(label, fires):
     mg = 10 if "10 MG" in label else (12.5 if "12.5" in label else 62.5)
-    draft = dataclasses.replace(order("paroxetine", "p1", mg=mg), label=label)
+    draft = msgspec.structs.replace(order("paroxetine", "p1", mg=mg), label=label)
     assert (topics(evaluate_rules("order-sign", facts(drafts=[draft]))) == ["dose-out-of-range"]) is fires

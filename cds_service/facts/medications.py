@@ -41,7 +41,7 @@ MedicationRequests with status ``entered-in-error`` are dropped: they never happ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import lru_cache
 from typing import Any, Iterable
@@ -256,7 +256,7 @@ def bridge_refills(drugs: list[DrugFact], bridge_days: int, today: date | None =
             gap = (nxt.trial_start - d.trial_start).days
             if unknown_end and 0 < gap <= bridge_days:
                 end = nxt.trial_start if today is None else min(nxt.trial_start, today)
-                out[i] = replace(d, trial_end=max(end, d.trial_start))
+                out[i] = msgspec.structs.replace(d, trial_end=max(end, d.trial_start))
     return out
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass, field
+
+import msgspec
 from datetime import date
 from typing import Literal
 
@@ -29,8 +31,7 @@ NEVER_TAKEN_STATUSES = frozenset({"cancelled", "entered-in-error", "draft"})
 ORDERS_BEING_PLACED = frozenset({"draft", "active", "on-hold"})
 
 
-@dataclass(frozen=True)
-class Code:
+class Code(msgspec.Struct, frozen=True):
     """A Coding as found in the record (system URI, code, display)."""
 
     system: str | None
@@ -45,8 +46,7 @@ class Code:
         return f'{text} "{self.display}"' if self.display else text
 
 
-@dataclass(frozen=True)
-class ConditionFact:
+class ConditionFact(msgspec.Struct, frozen=True):
     """A Condition the rules care about (PTSD or nightmares) that counts as active."""
 
     kind: Literal["ptsd", "nightmares"]
@@ -62,8 +62,7 @@ class ConditionFact:
     status_known: bool = True
 
 
-@dataclass(frozen=True)
-class DrugFact:
+class DrugFact(msgspec.Struct, frozen=True):
     """One MedicationRequest classified into a drug class of interest."""
 
     reference: str | None  # "MedicationRequest/123"
@@ -102,8 +101,7 @@ class DrugFact:
         return max(0.0, (self.trial_end - self.trial_start).days / 7.0)
 
 
-@dataclass(frozen=True)
-class TherapySession:
+class TherapySession(msgspec.Struct, frozen=True):
     """One completed trauma-focused psychotherapy Procedure (one session)."""
 
     reference: str | None  # "Procedure/123"
@@ -114,8 +112,7 @@ class TherapySession:
     performed: date | None  # performedDateTime or performedPeriod.start
 
 
-@dataclass(frozen=True)
-class SsriTrial:
+class SsriTrial(msgspec.Struct, frozen=True):
     """Assessment of one SSRI as a treatment trial: every taken order of that drug together.
 
     Renewals and dose steps are one course of the drug (issue #3: "per drug, the period it was

@@ -257,9 +257,7 @@ class Terminology:
     # conditions ---------------------------------------------------------------------------------
     def condition_kinds(self, system: str | None, code: str | None) -> frozenset[str]:
         """{"ptsd"}, {"nightmares"}, both, or empty for one coding."""
-        system = canonical_system(system)
-        key = (system, normalise_code(system, code))
-        return self.base.conditions.get(key, frozenset())  # type: ignore[arg-type]
+        return _condition_kinds(self.base, system, code)
 
     def is_not_ptsd(self, system: str | None, code: str | None) -> bool:
         """True for the listed look-alikes (acute stress disorder ...)."""
@@ -268,12 +266,7 @@ class Terminology:
 
     # drugs --------------------------------------------------------------------------------------
     def drug_by_code(self, system: str | None, code: str | None) -> DrugMatch | None:
-        system = canonical_system(system)
-        hit = self.base.drug_codes.get((system, normalise_code(system, code)))  # type: ignore[arg-type]
-        if hit is None:
-            return None
-        ingredient, matched_by, display = hit
-        return DrugMatch(ingredient, self.base.drug_class[ingredient], matched_by, reference_display=display)
+        return _drug_by_code(self.base, system, code)
 
     def drug_by_name(self, text: str | None) -> DrugMatch | None:
         """First generic or brand name of interest in ``text`` (whole words, case-insensitive)."""
@@ -309,6 +302,22 @@ class Terminology:
 # Look-ups by text are memoised per distinct text (a record of 1,000 identical orders matches the
 # name once); texts are cut to MAX_TEXT characters before any pattern sees them.
 MAX_TEXT = 512
+
+
+@lru_cache(maxsize=8192)
+def _condition_kinds(base: _Base, system: str | None, code: str | None) -> frozenset[str]:
+    system = canonical_system(system)
+    return base.conditions.get((system, normalise_code(system, code)), frozenset())  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=8192)
+def _drug_by_code(base: _Base, system: str | None, code: str | None) -> DrugMatch | None:
+    system = canonical_system(system)
+    hit = base.drug_codes.get((system, normalise_code(system, code)))  # type: ignore[arg-type]
+    if hit is None:
+        return None
+    ingredient, matched_by, display = hit
+    return DrugMatch(ingredient, base.drug_class[ingredient], matched_by, reference_display=display)
 
 
 @lru_cache(maxsize=8192)
