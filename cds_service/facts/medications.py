@@ -165,6 +165,21 @@ def classify(info: MedicationInfo, term: Terminology) -> tuple[DrugMatch, Code |
     return None
 
 
+@lru_cache(maxsize=4096)
+def _identify_concept(encoded: bytes, term: Terminology) -> tuple[MedicationInfo, tuple[DrugMatch, Code | None] | None]:
+    """(what it names, the classification) of one medicationCodeableConcept, keyed by its JSON:
+    a record with a thousand renewals of one drug identifies it once. Raises Malformed."""
+    info = MedicationInfo()
+    info.codes, info.names = raw_concept(msgspec.json.decode(encoded))
+    return info, classify(info, term)
+
+
+@lru_cache(maxsize=4096)
+def _systemic(routes: tuple[str, ...], names: tuple[str, ...], forms: tuple[str, ...], match: DrugMatch,
+              term: Terminology) -> bool:
+    return is_systemic_non_procedural(list(routes), list(names), list(forms), match, term)
+
+
 def route_texts(dosages: tuple[Dosage, ...]) -> list[str]:
     """The route of every dosage instruction, as recorded (text, display or code)."""
     labels = (concept_label(d.route) for d in dosages)
@@ -306,8 +321,12 @@ def read_medication_request(request: Any, medications: dict[str, Resource], term
         raise Malformed("not an object")
     if request.get("doNotPerform") is True:
         return None  # an order NOT to give the drug: not a prescription of it
-    info = resolve_medication(request, medications, skipped)
-    classified = classify(info, term)
+    concept = request.get("medicationCodeableConcept")
+    if concept is not None:  # the usual shape: identified once per distinct concept (memoised)
+        info, classified = _identify_concept(msgspec.json.encode(concept), term)
+    else:
+        info = resolve_medication(request, medications, skipped)
+        classified = classify(info, term)
     if classified is None:
         return None
     match, code = classified
@@ -331,7 +350,7 @@ def read_medication_request(request: Any, medications: dict[str, Resource], term
         ingredient=match.ingredient, label=info.label or match.ingredient, matched_by=match.matched_by,
         code=code, status=status, authored_on=authored, period_start=start, period_end=end,
         route=routes[0] if routes else None,
-        systemic_non_procedural=is_systemic_non_procedural(routes, info.names, _forms(info, skipped), match, term),
+        systemic_non_procedural=_systemic(tuple(routes), tuple(info.names), tuple(_forms(info, skipped)), match, term),
         daily_dose_mg=dose.mg_per_day if dose else None, dose_text=dose.text if dose else None,
         is_current=current, is_draft_order=ctx.is_draft, is_selected=ctx.selected,
         trial_start=trial_start, trial_end=trial_end, intent=view.intent,

@@ -229,7 +229,7 @@ def _base() -> _Base:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity (memoised look-ups key on it)
 class Terminology:
     """Look-ups used by the facts stage. Create with :meth:`load` (cheap after the first call)."""
 
