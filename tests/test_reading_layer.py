@@ -153,6 +153,7 @@ def test_tablet_strength_parser_is_linear():
         _after_ingredient(name.lower(), "sertraline", _STRENGTH)
 
     assert _ratio(parse, 50_000, 500_000) < 40
+    assert _ratio(lambda n: _after_ingredient("sertraline " * n, "sertraline", _STRENGTH), 5_000, 50_000) < 40
     assert unit_strength_mg("sertraline 50 MG Oral Tablet", "sertraline") == 50
     assert unit_strength_mg("24 HR venlafaxine 37.5 MG Extended Release Oral Capsule", "venlafaxine") == 37.5
     assert unit_strength_mg("venlafaxine HCl ER 75 MG", "venlafaxine") == 75

@@ -93,18 +93,20 @@ def _after_ingredient(name: str, ingredient: str, pattern: re.Pattern[str]) -> f
         after_ok = start >= len(lowered) or not lowered[start].isalnum()
         if not (before_ok and after_ok):
             continue
-        rest = lowered[start:]
+        i = start
         for words in range(3):  # at most two words between the ingredient and the amount
-            stripped = rest.lstrip()
-            if len(stripped) == len(rest):
+            j = i
+            while j < len(lowered) and lowered[j].isspace():
+                j += 1
+            if j == i:
                 break  # a space must come first
-            m = pattern.match(stripped)
+            m = pattern.match(lowered, j)
             if m:
                 return _to_mg(m.group(1), m.group(2))
-            word = _WORD.match(stripped)
+            word = _WORD.match(lowered, j)
             if word is None or words == 2:
                 break
-            rest = stripped[word.end():]
+            i = word.end()
     return None
 
 
