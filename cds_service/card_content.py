@@ -124,6 +124,10 @@ class CardTemplate:
     suggestions: tuple[SuggestionTemplate, ...]
     selection_behavior: str | None
     override_reasons: tuple[tuple[str, str], ...]  # (code, display)
+    # flag -> indicator: when the rule sets the flag, the card has this indicator on every hook
+    # (e.g. a PTSD diagnosis of unknown status turns the critical benzodiazepine card into a
+    # warning). The first listed flag that is set wins.
+    indicator_when: tuple[tuple[str, str], ...] = ()
 
 
 # --- reading TOML with errors that name the file and field -----------------------------------
@@ -295,6 +299,7 @@ def _load_override_reasons(shared: _Table) -> dict[str, str]:
 
 
 _CARD_KEYS = ["topic", "title", "hooks", "selection_behavior", "override_reasons", "links", "indicator",
+              "indicator_when",
               "summary", "source", "placeholders", "flags", "detail", "citations", "suggestions"]
 
 
@@ -318,6 +323,14 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
 
     placeholders = _load_placeholders(t)
     flags = _load_flags(t)
+    when = t.table("indicator_when", required=False)
+    indicator_when = []
+    for flag in (when.data if when else {}):
+        if flag not in flags:
+            raise when.error(flag, "must be a flag declared in [flags]")
+        if when.text(flag) not in INDICATORS:
+            raise when.error(flag, f"must be one of {list(INDICATORS)}")
+        indicator_when.append((flag, when.text(flag)))
 
     def check_fields(text: str, where: str) -> set[str]:
         names = template_fields(text, where)
@@ -380,6 +393,7 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
 
     return CardTemplate(
         path=path, topic=topic, title=t.text("title"), hooks=hooks, indicators=indicators,
+        indicator_when=tuple(indicator_when),
         summaries=summaries, source_label=source.text("label"), source_document=source_doc,
         placeholders=placeholders, flags=flags, paragraphs=tuple(paragraphs), citations=citations,
         links=links, suggestions=suggestions, selection_behavior=behavior,

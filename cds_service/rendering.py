@@ -65,8 +65,9 @@ class CardLibrary:
         hook = finding.hook
         if hook not in card.hooks:
             raise RenderError(f"{card.path.name}: card is not for hook {hook!r}")
-        if card.indicators[hook] != finding.indicator:
-            raise RenderError(f"{card.path.name}: indicator on {hook} is {card.indicators[hook]!r}, "
+        expected = expected_indicator(card, hook, finding.flags)
+        if expected != finding.indicator:
+            raise RenderError(f"{card.path.name}: indicator on {hook} is {expected!r}, "
                               f"the rule said {finding.indicator!r}")
         unknown_flags = set(finding.flags) - set(card.flags)
         if unknown_flags:
@@ -146,6 +147,11 @@ class CardLibrary:
             actions.append(out)
         return {"label": self._fill(card, template.label, values, "suggestion"),
                 "uuid": str(uuid.uuid4()), "actions": actions}
+
+
+def expected_indicator(card: CardTemplate, hook: str, flags: frozenset[str]) -> str:
+    """The card's indicator on ``hook`` given the rule's flags (``indicator_when`` first)."""
+    return next((ind for flag, ind in card.indicator_when if flag in flags), card.indicators[hook])
 
 
 def _summary_values(card: CardTemplate, values: Mapping[str, str]) -> dict[str, str]:
@@ -306,6 +312,10 @@ def why_section(finding: Finding) -> str:
         lines.append(f"- … and {len(finding.conditions) - MAX_CONDITION_LINES} more matching conditions"
                      f"{_refs(c.reference for c in finding.conditions[MAX_CONDITION_LINES:])}")
     lines += drug_lines(finding.drugs, finding.hook)
+    lines += [f"- **Draft order not checked:** {md_escape(u.reference or 'a draft order without an id')} — "
+              f"{md_escape(u.why)}" for u in finding.unchecked[:MAX_DRUG_LINES]]
+    if len(finding.unchecked) > MAX_DRUG_LINES:
+        lines.append(f"- … and {len(finding.unchecked) - MAX_DRUG_LINES} more draft orders not checked")
     lines += [trial_line(t) for t in finding.ssri_trials]
     if finding.session_count is not None:
         lines.append(f"- **Trauma-focused psychotherapy sessions found:** {finding.session_count}")

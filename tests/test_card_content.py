@@ -13,7 +13,7 @@ import pytest
 from cds_service.codesystems import CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY
 from cds_service.config import REPO_ROOT
 from cds_service.card_content import iter_codings
-from cds_service.rendering import BUILTIN, CardContentError, CardLibrary, RenderError, md_escape
+from cds_service.rendering import BUILTIN, CardContentError, CardLibrary, RenderError, md_escape, expected_indicator
 from cds_service.rules import TOPICS, Finding, evaluate_rules
 from cds_service.rules.knowledge import GUIDELINE
 from cds_service.schemas.response import validate_response
@@ -25,7 +25,7 @@ CODELISTS = SHARED / "clinical" / "valuesets" / "derived" / "ptsd-cds-codelists.
 ISSUE_TOPICS = {
     "step-1-trauma-focused-psychotherapy", "step-2-ssri", "step-3-nightmares", "step-4-venlafaxine",
     "step-5-combine", "step-6-specialized-referral", "benzodiazepine-avoid", "mdma-investigational",
-    "dose-out-of-range"}
+    "dose-out-of-range", "order-not-checked"}
 LONG = "Ünïcode <b>*long*</b> [value] " * 20  # worst case: long, with Markdown/HTML characters
 
 
@@ -41,7 +41,8 @@ def worst_case_findings(library: CardLibrary):
         flag_sets = [set(c) for r in range(len(card.flags) + 1) for c in itertools.combinations(card.flags, r)]
         for hook in card.hooks:
             for flags in flag_sets:
-                yield Finding(card.topic, hook, card.indicators[hook], conditions=(ptsd(),), values=values,
+                yield Finding(card.topic, hook, expected_indicator(card, hook, frozenset(flags)),
+                              conditions=(ptsd(),), values=values,
                               flags=frozenset(flags), target_order="MedicationRequest/x",
                               open_steps=("step-1-trauma-focused-psychotherapy",))
 

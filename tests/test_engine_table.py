@@ -25,6 +25,7 @@ SERVICE_IDS = {"patient-view": "ptsd-patient-view", "order-select": "ptsd-order-
                "order-sign": "ptsd-order-sign"}
 
 BENZO, MDMA, DOSE = "benzodiazepine-avoid", "mdma-investigational", "dose-out-of-range"
+NOT_CHECKED = "order-not-checked"
 S1, S2, S3, S4, S5, S6 = ("step-1-trauma-focused-psychotherapy", "step-2-ssri", "step-3-nightmares",
                           "step-4-venlafaxine", "step-5-combine", "step-6-specialized-referral")
 
@@ -46,6 +47,7 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "benzo-no-ptsd.patient-view": [],
     "ptsd-resolved.patient-view": [],
     "acute-stress.patient-view": [],
+    "ptsd-status-unreadable.patient-view": [],  # PTSD of unknown status: absent for the steps
     # order-select: only selected drafts count
     "ptsd-benzo-therapy.select-lorazepam": [(BENZO, "critical")],
     "ptsd-new.select-sertraline-with-unselected-lorazepam": [],
@@ -55,6 +57,7 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "ptsd-ssri-failed-nightmares.select-venlafaxine-450": [(DOSE, "warning")],
     "benzo-no-ptsd.select-mdma": [(MDMA, "critical")],
     "acute-stress.select-lorazepam": [],
+    "ptsd-status-unreadable.select-lorazepam": [(BENZO, "warning")],  # unknown status: safe direction
     # order-sign: every draft counts
     "ptsd-new.sign-sertraline-300-and-prazosin-2": [(DOSE, "warning")],
     "ptsd-new.sign-lorazepam-and-diazepam": [(BENZO, "critical"), (BENZO, "critical")],
@@ -62,6 +65,7 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "ptsd-mdma.sign-mdma": [(MDMA, "critical")],
     "benzo-no-ptsd.sign-clonazepam": [],
     "ptsd-resolved.sign-alprazolam": [],
+    "ptsd-new.sign-unreadable-drug": [(NOT_CHECKED, "warning")],  # never silence
 }
 
 

@@ -343,8 +343,8 @@ def test_safety_findings_come_first_and_topics_are_the_issue_list():
     assert set(TOPICS) == {
         "step-1-trauma-focused-psychotherapy", "step-2-ssri", "step-3-nightmares", "step-4-venlafaxine",
         "step-5-combine", "step-6-specialized-referral", "benzodiazepine-avoid", "mdma-investigational",
-        "dose-out-of-range"}
-    assert TOPICS[:3] == SAFETY_TOPICS
+        "dose-out-of-range", "order-not-checked"}
+    assert TOPICS[:len(SAFETY_TOPICS)] == SAFETY_TOPICS
 
 
 def test_unknown_hook_is_refused():

@@ -65,7 +65,7 @@ def extract_facts(
     drugs = bridge_refills(extract_drugs(_items(record.medication_requests), medications, term,
                                          OrderContext(today, term.thresholds), skipped),
                            term.thresholds.refill_bridge_days, today)
-    draft_drugs = extract_draft_drugs(_items(record.draft_orders), _items(record.selections), hook,
+    draft_drugs, unchecked = extract_draft_drugs(_items(record.draft_orders), _items(record.selections), hook,
                                       medications, term, today, skipped)
     return ClinicalFacts(
         today=today,
@@ -74,6 +74,7 @@ def extract_facts(
         nightmares=nightmares,
         drugs=drugs,
         draft_drugs=draft_drugs,
+        unchecked_orders=unchecked,
         # A "completed" session dated after today is a data error, not treatment received.
         sessions=[x for x in extract_sessions(_items(record.procedures), term, skipped)
                   if x.performed is None or x.performed <= today],

@@ -53,7 +53,7 @@ from cds_service.facts.fhir_read import (
     Malformed, Resource, SkipCounter, concept_label, raw_concept, read_each, read_view,
     reference_of, to_date,
 )
-from cds_service.facts.model import Code, DrugFact
+from cds_service.facts.model import ORDERS_BEING_PLACED, Code, DrugFact, UncheckedOrder
 from cds_service.facts.terminology import DrugMatch, Terminology, Thresholds
 from cds_service.facts.views import Dosage, MedicationRequestView, MedicationView
 from cds_service.patient_data.record import relative_reference
@@ -369,16 +369,54 @@ def _selection_key(ref: str) -> str:
     return relative_reference(ref) if isinstance(ref, str) else ""
 
 
+def why_unreadable(order: Resource, medications: dict[str, Resource]) -> str | None:
+    """Why the drug of an order cannot be read at all (None when it names a code or a text).
+
+    An order naming a drug this service does not know is readable: it is simply not its
+    business. One naming nothing readable could be anything, a benzodiazepine included."""
+    has_concept = order.get("medicationCodeableConcept") is not None
+    try:
+        info = resolve_medication(order, medications, SkipCounter())
+    except Malformed:
+        return ("its medicationCodeableConcept is malformed" if has_concept
+                else "its medicationReference is malformed")
+    if info.codes or info.names:
+        return None
+    if has_concept:
+        return "its medicationCodeableConcept has no readable code or text"
+    if order.get("medicationReference") is not None:
+        return "its Medication reference cannot be resolved and has no display text"
+    return "it names no medication"
+
+
+def _is_checked(order: Resource, hook: str, selected: set[str]) -> bool:
+    """A draft the hook checks: being placed (draft / active / on-hold / no status), not a
+    do-not-perform order, and on order-select one of the selections."""
+    status = order.get("status")
+    placed = status is None or (isinstance(status, str) and status in ORDERS_BEING_PLACED)
+    chosen = hook == "order-sign" or f"MedicationRequest/{order.get('id')}" in selected
+    return placed and chosen and order.get("doNotPerform") is not True
+
+
 def extract_draft_drugs(draft_orders: Iterable[Resource], selections: Iterable[str], hook: str,
                         medications: dict[str, Resource], term: Terminology, today: date,
-                        skipped: SkipCounter) -> list[DrugFact]:
-    """DrugFacts of the MedicationRequest draft orders; selected per the hook (see extract_facts)."""
+                        skipped: SkipCounter) -> tuple[list[DrugFact], list[UncheckedOrder]]:
+    """DrugFacts of the MedicationRequest draft orders (selected per the hook, see extract_facts),
+    and the checked drafts whose drug cannot be read at all."""
     selected = {_selection_key(s) for s in selections}
-    facts = []
+    facts: list[DrugFact] = []
+    unchecked: list[UncheckedOrder] = []
     for order in draft_orders:
         if not isinstance(order, dict) or order.get("resourceType") != "MedicationRequest":
             continue
         is_selected = hook == "order-sign" or f"MedicationRequest/{order.get('id')}" in selected
         ctx = OrderContext(today, term.thresholds, is_draft=True, selected=is_selected)
-        facts += extract_drugs([order], medications, term, ctx, skipped)
-    return facts
+        found = extract_drugs([order], medications, term, ctx, skipped)
+        facts += found
+        if not found and _is_checked(order, hook, selected):
+            why = why_unreadable(order, medications)
+            if why:
+                rid = order.get("id")
+                unchecked.append(UncheckedOrder(f"MedicationRequest/{rid}" if isinstance(rid, str) and rid
+                                                else None, why))
+    return facts, unchecked

@@ -129,6 +129,13 @@ class SsriTrial(msgspec.Struct, frozen=True):
     end: date | None = None  # last day taken (today while current)
 
 
+class UncheckedOrder(msgspec.Struct, frozen=True):
+    """A draft order being placed whose drug cannot be read at all (so it could be a benzodiazepine)."""
+
+    reference: str | None  # "MedicationRequest/<id>"
+    why: str  # what could not be read, e.g. "its medicationCodeableConcept is malformed" (no patient data)
+
+
 @dataclass
 class ClinicalFacts:
     """Everything the rules know, for one hook call."""
@@ -140,6 +147,8 @@ class ClinicalFacts:
     nightmares: list[ConditionFact] = field(default_factory=list)  # active nightmare conditions only
     drugs: list[DrugFact] = field(default_factory=list)  # classified MedicationRequests from the record
     draft_drugs: list[DrugFact] = field(default_factory=list)  # classified draft orders (order hooks)
+    # Draft orders the hook checks whose medication cannot be read at all (order hooks).
+    unchecked_orders: list[UncheckedOrder] = field(default_factory=list)
     sessions: list[TherapySession] = field(default_factory=list)  # completed trauma-focused sessions
     ssri_trials: list[SsriTrial] = field(default_factory=list)
     # Resources that could not be read (malformed); counted per resourceType, no patient data.

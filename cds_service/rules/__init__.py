@@ -19,7 +19,7 @@ from cds_service.rules.knowledge import GUIDELINE
 
 __all__ = ["evaluate_rules", "Finding", "TOPICS", "SAFETY_TOPICS", "HOOKS"]
 
-SAFETY_TOPICS: tuple[str, ...] = (safety.BENZODIAZEPINE, safety.MDMA, safety.DOSE)
+SAFETY_TOPICS: tuple[str, ...] = (safety.BENZODIAZEPINE, safety.NOT_CHECKED, safety.MDMA, safety.DOSE)
 # Every card kind a rule can produce, in display order: safety cards, the next-step ladder, then
 # the independent steps (so the one next-step card comes before the nightmare card).
 TOPICS: tuple[str, ...] = SAFETY_TOPICS + GUIDELINE.next_step_order + GUIDELINE.independent_steps

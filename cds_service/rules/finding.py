@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
-from cds_service.facts.model import ConditionFact, DrugFact, SsriTrial, TherapySession
+from cds_service.facts.model import ConditionFact, DrugFact, SsriTrial, TherapySession, UncheckedOrder
 
 Indicator = Literal["info", "warning", "critical"]
 
@@ -43,3 +43,5 @@ class Finding:
     open_steps: tuple[str, ...] = ()
     # What the rule looked for and did not find ("venlafaxine"): absence is evidence too.
     not_found: tuple[str, ...] = ()
+    # Draft orders whose drug could not be read at all (order-not-checked).
+    unchecked: tuple[UncheckedOrder, ...] = ()

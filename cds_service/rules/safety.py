@@ -3,7 +3,12 @@
 * ``benzodiazepine-avoid`` — only with active PTSD, only systemic non-procedural benzodiazepines
   (``DrugFact.systemic_non_procedural``: an injection, rectal or nasal benzodiazepine is procedural
   sedation or seizure rescue). Order hooks: one ``critical`` card per offending draft order, with a
-  delete suggestion. patient-view: one ``warning`` card naming every current benzodiazepine.
+  delete suggestion. patient-view: one ``warning`` card naming every current benzodiazepine. A PTSD
+  Condition whose status could not be read counts in the safe direction: the same cards, as
+  ``warning`` (flag ``ptsd-status-unknown``; issue #11).
+* ``order-not-checked`` — order hooks, active PTSD (or PTSD of unknown status): one ``warning``
+  card naming every checked draft order whose drug cannot be read at all (it could be a
+  benzodiazepine); never silence.
 * ``mdma-investigational`` — any patient. Order hooks: one ``critical`` card per MDMA draft order;
   patient-view: one ``warning`` card when MDMA is current in the record. For a patient with active
   PTSD the card lists the guideline steps still open.
@@ -26,28 +31,50 @@ from cds_service.rules.next_step import open_steps
 BENZODIAZEPINE = "benzodiazepine-avoid"
 MDMA = "mdma-investigational"
 DOSE = "dose-out-of-range"
+NOT_CHECKED = "order-not-checked"
 
 
 def _order_values(drug: DrugFact) -> dict[str, str]:
     return {"drug": drug.ingredient, "daily_dose": daily_dose(drug)}
 
 
+def _ptsd_for_safety(facts: ClinicalFacts) -> tuple[tuple, str, frozenset[str]] | None:
+    """(PTSD conditions, order-hook indicator, flags) for the safety cards, or None without PTSD.
+
+    Active PTSD: critical. PTSD whose status is unknown: warning (treated as possibly active)."""
+    if facts.ptsd:
+        return tuple(facts.ptsd), "critical", frozenset()
+    if facts.ptsd_unknown_status:
+        return tuple(facts.ptsd_unknown_status), "warning", frozenset({"ptsd-status-unknown"})
+    return None
+
+
 def benzodiazepine_avoid(hook: str, facts: ClinicalFacts) -> list[Finding]:
-    if not facts.has_active_ptsd:
+    ptsd = _ptsd_for_safety(facts)
+    if ptsd is None:
         return []
-    ptsd = tuple(facts.ptsd)
+    conditions, order_indicator, flags = ptsd
     if hook == PATIENT_VIEW:
         current = [d for d in facts.current("benzodiazepine") if d.systemic_non_procedural]
         if not current:
             return []
-        return [Finding(BENZODIAZEPINE, hook, "warning", conditions=ptsd, drugs=tuple(current),
-                        values={"drugs": names(current)})]
+        return [Finding(BENZODIAZEPINE, hook, "warning", conditions=conditions, drugs=tuple(current),
+                        values={"drugs": names(current)}, flags=flags)]
     return [
-        Finding(BENZODIAZEPINE, hook, "critical", conditions=ptsd, drugs=(order,),
-                values=_order_values(order), target_order=order.reference)
+        Finding(BENZODIAZEPINE, hook, order_indicator, conditions=conditions, drugs=(order,),
+                values=_order_values(order), target_order=order.reference, flags=flags)
         for order in orders_to_check(hook, facts)
         if order.drug_class == "benzodiazepine" and order.systemic_non_procedural
     ]
+
+
+def order_not_checked(hook: str, facts: ClinicalFacts) -> list[Finding]:
+    """Fail safe: a draft whose drug cannot be read gets a card saying so, never silence."""
+    ptsd = _ptsd_for_safety(facts)
+    if hook not in ORDER_HOOKS or ptsd is None or not facts.unchecked_orders:
+        return []
+    return [Finding(NOT_CHECKED, hook, "warning", conditions=ptsd[0], unchecked=tuple(facts.unchecked_orders),
+                    values={"count": str(len(facts.unchecked_orders))})]
 
 
 def mdma_investigational(hook: str, facts: ClinicalFacts) -> list[Finding]:
@@ -98,4 +125,4 @@ def dose_out_of_range(hook: str, facts: ClinicalFacts) -> list[Finding]:
     return findings
 
 
-SAFETY_RULES = (benzodiazepine_avoid, mdma_investigational, dose_out_of_range)
+SAFETY_RULES = (benzodiazepine_avoid, order_not_checked, mdma_investigational, dose_out_of_range)
