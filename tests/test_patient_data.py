@@ -241,16 +241,19 @@ def _order_by_reference(reference, display=None):
     return order
 
 
-@pytest.mark.spec("PF-16 HOOK-01")
+@pytest.mark.spec("HOOK-01")
 @pytest.mark.parametrize("fhir_server", [None, FHIR])
-def test_a_draft_whose_drug_cannot_be_identified_is_412_not_silence(client, fhir_server):
-    """An unidentifiable drug could be a benzodiazepine: no cards would be a wrong answer."""
+def test_a_draft_whose_drug_cannot_be_identified_gets_a_card_not_silence(client, fhir_server):
+    """An unidentifiable drug could be a benzodiazepine: no cards would be a wrong answer, and a
+    412 would show the clinician nothing either (issue #11): the order-not-checked card says so."""
     body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]),
                         drafts=[_order_by_reference("Medication/lz")], fhir_server=fhir_server)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         rsps.get(f"{FHIR}/Medication/lz", status=500, json={"resourceType": "OperationOutcome"})
-        text = assert_outcome(call(client, body, "ptsd-order-sign"), 412)
-    assert "MedicationRequest/mr-lorazepam" in text and "cannot be identified" in text
+        result = assert_conformant(call(client, body, "ptsd-order-sign"))
+    [card] = result["cards"]
+    assert (card["source"]["topic"]["code"], card["indicator"]) == ("order-not-checked", "warning")
+    assert "MedicationRequest/mr-lorazepam" in card["detail"] and "cannot be resolved" in card["detail"]
 
 
 def test_an_absolute_medication_reference_under_fhir_server_is_fetched(client):
@@ -269,8 +272,9 @@ def test_an_absolute_medication_reference_to_another_server_is_never_fetched(cli
     body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]),
                         drafts=[_order_by_reference("https://other.example/fhir/Medication/lz")], fhir_server=FHIR)
     with responses.RequestsMock() as rsps:
-        assert_outcome(call(client, body, "ptsd-order-sign"), 412)
+        result = assert_conformant(call(client, body, "ptsd-order-sign"))
         assert len(rsps.calls) == 0
+    assert [c["source"]["topic"]["code"] for c in result["cards"]] == ["order-not-checked"]
 
 
 def test_an_unselected_draft_need_not_be_identified(client):

@@ -241,3 +241,58 @@ def test_card_detail_is_bounded_however_long_the_record(client, n):
     detail = result["cards"][0]["detail"]
     assert f"{n // 2 + 1} orders" in detail and "and " in detail  # summarised, with a count
     assert f"EMDR: {n // 2} sessions" in detail
+
+
+# --- fail safe: unreadable drafts, unknown status (issue #11) ---------------------------------------
+def _not_checked(result):
+    return [c for c in result["cards"] if c["source"]["topic"]["code"] == "order-not-checked"]
+
+
+@pytest.mark.parametrize("medication", [
+    {"medicationCodeableConcept": "lorazepam"},                          # a string, not a CodeableConcept
+    {"medicationCodeableConcept": {"coding": "197901"}},                 # coding not an array
+    {"medicationCodeableConcept": {"coding": [{"system": 1, "code": 2}]}},  # nothing readable
+    {"medicationCodeableConcept": {}},                                   # empty
+    {"medicationReference": {"reference": "#missing"}},                  # contained Medication missing
+    {},                                                                  # no medication at all
+])
+def test_a_draft_whose_medication_cannot_be_read_gets_the_order_not_checked_card(client, medication):
+    order = {k: v for k, v in lorazepam().items() if k != "medicationCodeableConcept"} | medication
+    result = assert_conformant(call(client, "ptsd-order-sign", hook_request(
+        "order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[order])))
+    [card] = _not_checked(result)
+    assert card["indicator"] == "warning" and "could not check" in card["summary"].lower()
+    assert "MedicationRequest/mr-lorazepam" in card["detail"]
+
+
+def test_a_drug_the_service_does_not_know_is_not_its_business(client):
+    order = lorazepam()
+    order["medicationCodeableConcept"] = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                      "code": "316049", "display": "Hydrochlorothiazide 25 MG"}]}
+    result = assert_conformant(call(client, "ptsd-order-sign", hook_request(
+        "order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[order])))
+    assert result == {"cards": []}
+
+
+def test_unreadable_drafts_need_ptsd_and_must_be_checked_by_the_hook(client):
+    bad = {**lorazepam("mr-bad"), "medicationCodeableConcept": "?"}
+    no_ptsd = assert_conformant(call(client, "ptsd-order-sign", hook_request(
+        "order-sign", prefetch=full_prefetch(), drafts=[bad])))
+    assert _not_checked(no_ptsd) == []
+    unselected = assert_conformant(call(client, "ptsd-order-select", hook_request(
+        "order-select", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[bad, lorazepam()],
+        selections=["MedicationRequest/mr-lorazepam"])))
+    assert [c["source"]["topic"]["code"] for c in unselected["cards"]] == ["benzodiazepine-avoid"]
+
+
+@pytest.mark.parametrize("status", ["active", {"coding": "active"}, {"coding": [{"code": 1}]}])
+def test_ptsd_of_unknown_status_gets_the_benzodiazepine_card_as_a_warning_and_no_step_card(client, status):
+    condition = {**ptsd_condition(), "clinicalStatus": status}
+    sign = assert_conformant(call(client, "ptsd-order-sign", hook_request(
+        "order-sign", prefetch=full_prefetch(conditions=[condition]), drafts=[lorazepam()])))
+    [card] = sign["cards"]
+    assert (card["source"]["topic"]["code"], card["indicator"]) == ("benzodiazepine-avoid", "warning")
+    assert "could not read" in card["detail"]
+    view = assert_conformant(call(client, "ptsd-patient-view", hook_request(
+        "patient-view", prefetch=full_prefetch(conditions=[condition]))))
+    assert view == {"cards": []}  # guideline steps treat the unknown as absent

@@ -272,7 +272,12 @@ def _resolve_medications(record: PatientRecord, get_client, settings, hook: str 
             for key, resource in pool.map(read, sorted(wanted)):
                 if resource and resource.get("resourceType") == "Medication":
                     record.medications[key] = resource
-    unidentified = [f"{r.get('resourceType')}/{r.get('id')}" for r in orders if _unidentified(r, record)]
+    # A draft order whose drug stays unidentified gets the order-not-checked card from the rules
+    # (the clinician sees it); a 412 would show nothing. Only the record's own orders — history
+    # the rules need complete — make the data incomplete.
+    drafts = {id(d) for d in record.draft_orders}
+    taken = [r for r in orders if id(r) not in drafts]
+    unidentified = [f"{r.get('resourceType')}/{r.get('id')}" for r in taken if _unidentified(r, record)]
     if unidentified:
         raise DataUnavailable([
             f"the drug of {', '.join(unidentified[:5])}{' …' if len(unidentified) > 5 else ''} cannot be "
