@@ -7,7 +7,7 @@ prazosin or mdma (midomafetamine). Anything else is ignored.
 **Which drug.** The medication is ``medicationCodeableConcept``, or ``medicationReference``
 resolved to a contained Medication (``#id``) or to ``record.medications["Medication/id"]``
 (absolute and ``_history`` references are reduced to ``Medication/id``); when it cannot be resolved
-its ``display`` is used. A record Medication is validated only when the drug matched; a malformed
+its ``display`` is used. A record Medication is read only when the request refers to it; a malformed
 one is counted in ``skipped["Medication"]`` and the reference display used instead. Look-ups,
 best first: (1) a coding in one of the value sets (``matched_by="valueset"``); (2) an ingredient
 code, a known brand-level/legacy RxNorm code such as 563026 "Diazepam [Valium]", or the MDMA UNII
@@ -36,7 +36,10 @@ within ``refillBridgeDays`` (``thresholds.json``): a renewal, so the order laste
 is not a drug fact at all.
 
 MedicationRequests with status ``entered-in-error`` are dropped: they never happened. STU3-style
-``Dosage.doseQuantity`` is tolerated: it is left out of the R4B validation and read by ``dosing``.
+``Dosage.doseQuantity`` is tolerated and read by ``dosing``. The candidate check (which drug) works
+on the raw JSON and is memoised per distinct ``medicationCodeableConcept``; only a classified order
+is decoded into its view (``views.MedicationRequestView``), once. A dose is worked out only from an
+instruction whose dose, timing and as-needed elements all read.
 """
 
 from __future__ import annotations
