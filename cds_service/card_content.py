@@ -39,6 +39,11 @@ _RAW_HTML = re.compile(r"<[A-Za-z/!?]")
 _FORMATTER = string.Formatter()
 
 
+class _Samples(dict):
+    def __missing__(self, key: str) -> str:
+        return _SAMPLE_VALUES.get(key, "example")
+
+
 class CardContentError(ValueError):
     """A card file has content the service will not show (message: file and field)."""
 
@@ -228,6 +233,40 @@ def iter_codings(value: Any) -> Iterable[dict[str, Any]]:
 
 # Kinds of document whose web address may be missing (never invented): see cards/shared.toml.
 URL_OPTIONAL_KINDS = ("service-rule", "study", "trial")
+
+
+def prune(value: Any) -> Any:
+    """Drop None, "", [] and {} members, recursively (CDS Hooks GEN-02: omit, never empty)."""
+    if isinstance(value, dict):
+        out = {k: prune(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        out = [prune(v) for v in value]
+        return [v for v in out if v not in (None, "", [], {})]
+    return value
+
+
+def fill_resource(value: Any, fill) -> Any:
+    """A suggested resource template with every string passed through ``fill``."""
+    if isinstance(value, str):
+        return fill(value)
+    if isinstance(value, dict):
+        return {k: fill_resource(v, fill) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill_resource(v, fill) for v in value]
+    return value
+
+
+# Values a template is filled with for its start-up check: every placeholder present, references
+# well formed.
+_SAMPLE_VALUES = {"patient_id": "example", "ptsd_condition": "Condition/example", "target_order": "MedicationRequest/example"}
+
+
+def suggested_resource_problems(resource: dict[str, Any]) -> list[str]:
+    """What a strict FHIR R4B reader (fhir.resources) rejects in a filled, pruned suggested resource."""
+    from cds_service.facts.fhir_read import strict_problems
+
+    return strict_problems(resource)
 
 
 def _is_absolute(url: str) -> bool:
@@ -519,3 +558,9 @@ def _check_resource(a: _Table, resource: dict[str, Any], check_fields) -> None:
         system = coding.get("system")
         if isinstance(system, str) and system.startswith(BASE) and system not in PROJECT_SYSTEMS:
             raise CardContentError(f"{where}: unknown project code system {system!r}")
+    # Full R4 validation of what the service itself puts into the EHR's order basket: the
+    # template filled with sample values must be a valid resource (fhir.resources R4B).
+    sample = prune(fill_resource(resource, lambda text: text.format_map(_Samples())))
+    problems = suggested_resource_problems(sample)
+    if problems:
+        raise CardContentError(f"{where}: not a valid FHIR R4 {resource.get('resourceType')}: {'; '.join(problems)}")

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = sub.add_parser("evaluate", help="print the cards for a hook request, without a server")
     evaluate.add_argument("request", type=Path, help="a CDS Hooks request (JSON file, or - for stdin)")
     evaluate.add_argument("--today", type=date.fromisoformat, help="evaluate as of this date")
+    evaluate.add_argument("--strict", action="store_true",
+                          help="also validate the whole record with a strict FHIR R4 reader (fhir.resources) "
+                               "and report, on stderr, every resource it would reject (exit 3 if any)")
 
     args = parser.parse_args(argv)
     try:
@@ -172,7 +175,31 @@ def _evaluate(args: argparse.Namespace) -> int:
     cards = Engine(settings).evaluate(data["hook"], record, today)
     json.dump({"cards": cards}, sys.stdout, indent=2, ensure_ascii=False)
     print()
+    if args.strict:
+        return 3 if _strict_report(record) else 0
     return 0
+
+
+def _strict_report(record) -> int:
+    """Print what a strict FHIR R4B reader would reject in the record (element paths and error
+    kinds, never values); return how many resources it would reject. The service itself reads
+    leniently (element by element), so the cards above stand either way."""
+    from cds_service.facts import strict_problems
+
+    resources = ([record.patient] if record.patient else []) + record.conditions + \
+        record.medication_requests + record.procedures + list(record.medications.values()) + record.draft_orders
+    rejected = 0
+    for resource in resources:
+        problems = strict_problems(resource)
+        if problems:
+            rejected += 1
+            rtype = resource.get("resourceType") if isinstance(resource, dict) else "?"
+            rid = resource.get("id") if isinstance(resource, dict) else None
+            shown = ", ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+            print(f"strict: {rtype}/{rid if isinstance(rid, str) else '?'}: {shown}", file=sys.stderr)
+    print(f"strict FHIR R4 check: {rejected} of {len(resources)} resources would be rejected by a strict "
+          "reader (the service read them element by element)", file=sys.stderr)
+    return rejected
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from cds_service.card_content import (  # noqa: F401  (CardContentError, BUILTIN: re-exported)
     BUILTIN, SUMMARY_LIMIT, VERIFICATION_NOTE, CardContentError, CardTemplate, Citation,
-    SuggestionTemplate, load_cards, template_fields,
+    SuggestionTemplate, fill_resource, load_cards, prune, template_fields,
 )
 from cds_service.codesystems import CARD_TOPIC, OVERRIDE_REASON
 from cds_service.facts.model import ConditionFact, DrugFact, SsriTrial, TherapySession
@@ -137,7 +137,7 @@ class CardLibrary:
             out: dict[str, Any] = {"type": action.type,
                                    "description": self._fill(card, action.description, values, "suggestion")}
             if action.resource is not None:
-                resource = prune(_fill_resource(action.resource, lambda s: self._fill(card, s, values, "resource")))
+                resource = prune(fill_resource(action.resource, lambda s: self._fill(card, s, values, "resource")))
                 out["resource"] = resource
             if action.resource_id is not None:
                 target = self._fill(card, action.resource_id, values, "resource_id")
@@ -164,27 +164,6 @@ def _summary_values(card: CardTemplate, values: Mapping[str, str]) -> dict[str, 
             value = value[: limit - 1].rstrip() + "…"
         out[name] = value
     return out
-
-
-def _fill_resource(value: Any, fill) -> Any:
-    if isinstance(value, str):
-        return fill(value)
-    if isinstance(value, dict):
-        return {k: _fill_resource(v, fill) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill_resource(v, fill) for v in value]
-    return value
-
-
-def prune(value: Any) -> Any:
-    """Drop None, "", [] and {} members, recursively (CDS Hooks GEN-02: omit, never empty)."""
-    if isinstance(value, dict):
-        out = {k: prune(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v not in (None, "", [], {})}
-    if isinstance(value, list):
-        out = [prune(v) for v in value]
-        return [v for v in out if v not in (None, "", [], {})]
-    return value
 
 
 def md_escape(text: str) -> str:

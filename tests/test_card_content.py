@@ -212,6 +212,13 @@ def _edit(path: Path, old: str, new: str) -> None:
     ("shared.toml", 'url = "https://doi.org/10.5664/jcsm.7178"', 'url = "doi.org/10.5664/jcsm.7178"',
      r"sources.aasm-2018.url: must be an absolute"),
     ("step-3-nightmares.toml", 'topic = "step-3-nightmares"', 'topic = "step-3-nightmare"', r"must equal the file name"),
+    # Full R4 validation of suggested resources at start (issue #7: fhir.resources where it is worth it)
+    ("step-2-ssri.toml", 'doseQuantity = { value = 25,', 'doseQuantity = { value = "twenty-five",',
+     r"step-2-ssri.toml: suggestions\[0\].actions\[0\].resource: not a valid FHIR R4 MedicationRequest"),
+    ("step-1-trauma-focused-psychotherapy.toml", 'reasonReference = [{ reference = "{ptsd_condition}" }]',
+     'reasonReference = { reference = "{ptsd_condition}" }', r"not a valid FHIR R4 ServiceRequest"),
+    ("benzodiazepine-avoid.toml", '[indicator_when]\n# A PTSD diagnosis whose status could not be read: still warned about (safe direction), as a warning.\nptsd-status-unknown = "warning"',
+     '[indicator_when]\nno-such-flag = "warning"', r"indicator_when.no-such-flag: must be a flag declared"),
 ])
 def test_bad_card_content_is_refused_naming_file_and_field(cards_copy, file, old, new, message):
     _edit(cards_copy / file, old, new)
@@ -236,6 +243,22 @@ def test_an_unused_citation_is_refused(cards_copy):
 
 
 # --- rendering contracts -----------------------------------------------------------------------
+def test_every_suggested_resource_is_valid_fhir_r4(library):
+    """What the service puts into the EHR's order basket passes a strict R4B reader
+    (fhir.resources), for every card kind, hook and combination of flags."""
+    from cds_service.facts.fhir_read import strict_problems
+
+    checked = 0
+    for finding in worst_case_findings(library):
+        card = library.render(finding, patient_id="p1")
+        for suggestion in card.get("suggestions", []):
+            for action in suggestion["actions"]:
+                if "resource" in action:
+                    assert strict_problems(action["resource"]) == [], (finding.topic, action["resource"])
+                    checked += 1
+    assert checked >= 8  # three referrals, two SSRI drafts, venlafaxine, the specialised programme...
+
+
 def test_render_refuses_a_finding_that_does_not_fit_its_card(library):
     base = Finding("benzodiazepine-avoid", "order-select", "critical", values={"drug": "x", "daily_dose": "y"},
                    target_order="MedicationRequest/1")

@@ -72,3 +72,24 @@ def test_the_banner_warns_about_the_sandbox_only_when_it_is_trusted(tmp_path):
     off = Settings(auth="off", env="development")
     text = _banner(off, "127.0.0.1:8080")
     assert "Trusting the CDS Hooks sandbox" not in text and "OFF" in text
+
+
+def test_evaluate_strict_reports_what_a_strict_reader_rejects(tmp_path, capsys):
+    import json as _json
+
+    from cds_service.cli import main
+    from tests.builders import full_prefetch, hook_request, lorazepam, ptsd_condition
+
+    condition = {**ptsd_condition(), "onsetDateTime": "last spring"}
+    order = {**lorazepam(), "subject": {"reference": 42}}
+    request = tmp_path / "req.json"
+    request.write_text(_json.dumps(hook_request("order-sign", prefetch=full_prefetch(conditions=[condition]),
+                                                drafts=[order])))
+    assert main(["evaluate", str(request), "--today", "2026-11-28", "--strict"]) == 3
+    out, err = capsys.readouterr()
+    cards = _json.loads(out)["cards"]
+    assert [c["source"]["topic"]["code"] for c in cards] == ["benzodiazepine-avoid"]  # read leniently
+    assert "strict: Condition/cond-ptsd: onsetDateTime" in err and "MedicationRequest/mr-lorazepam: subject" in err
+    assert "last spring" not in err  # where, never what
+    assert "2 of " in err
+    assert main(["evaluate", str(request), "--today", "2026-11-28"]) == 0
