@@ -85,7 +85,7 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
         app,
         resources={r"/cds-services*": {"origins": list(settings.cors_origins)}},
         methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type"],
+        allow_headers=["Authorization", "Content-Type", "X-PTSD-CDS-Client"],  # the last: demo page (web/)
         supports_credentials=False,
         max_age=86400,
     )
@@ -93,6 +93,9 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     from cds_service.api.routes import bp
 
     app.register_blueprint(bp)
+    from cds_service.web import bp as web_bp  # pages for people: /, /demo, /cards, /feedback
+
+    app.register_blueprint(web_bp)
     _register_error_handlers(app)
 
     @app.after_request

@@ -28,6 +28,7 @@ DEVELOPMENT_DEFAULTS = {
     "PTSD_CDS_TRUSTED_ISSUERS": str(PACKAGE_DATA / "dev-trusted-issuers.json"),
     "PTSD_CDS_DATABASE": "var/ptsd-cds.sqlite3",
     "PTSD_CDS_LOG_LEVEL": "INFO",
+    "PTSD_CDS_DEMO": "on",  # the /demo page (cds_service/web); refused while auth is required
 }
 
 

@@ -9,6 +9,7 @@ variable (``ptsd-cds check-config`` runs the same checks).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
@@ -60,6 +61,10 @@ class Settings:
     site_code_map: str | None = None  # JSON file mapping local procedure codes to therapies
     today: date | None = None  # fixes "today" for demos and tests; never set in production
 
+    # --- pages for people (cds_service/web) -------------------------------------------------
+    demo: str = "off"  # on | off: the EHR-like /demo page (on under `make run`); refused when auth is required
+    demo_service_url: str | None = None  # base URL the demo page calls (default: its own origin)
+
     # ----------------------------------------------------------------------------------------
     @property
     def auth_required(self) -> bool:
@@ -103,6 +108,10 @@ class Settings:
             raise bad("env", "must be 'production' or 'development'")
         if self.auth not in ("required", "off"):
             raise bad("auth", "must be 'required' or 'off'")
+        if self.demo not in ("on", "off"):
+            raise bad("demo", "must be 'on' or 'off'")
+        if self.demo_service_url and not re.match(r"^https?://[^/\s?#]+/?$", self.demo_service_url):
+            raise bad("demo_service_url", "must be an origin like http://127.0.0.1:8080 (no path)")
         if self.public_url and not self.public_url.startswith(("https://", "http://")):
             raise bad("public_url", "must be an absolute http(s) URL")
         for name in ("max_body", "max_json_depth", "jwt_max_lifetime", "fhir_max_pages",
