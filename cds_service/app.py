@@ -16,7 +16,8 @@ from cds_service.auth import build_authenticator
 from cds_service.config import Settings
 from cds_service.errors import ApiError, error_response
 from cds_service.patient_data.outbound import OutboundPolicy
-from cds_service.store import Store
+from cds_service.patient_key import resolve_secret
+from cds_service.store import Store, open_store
 
 log = logging.getLogger("ptsd_cds.app")
 
@@ -48,6 +49,7 @@ class Components:
     authenticator: Any
     outbound: OutboundPolicy
     engine: Any
+    patient_key_secret: bytes = b""  # HMAC key of the stored patient hashes (cds_service/patient_key.py)
 
 
 def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
@@ -72,13 +74,14 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
 
     from cds_service.engine import Engine  # the clinical engine: facts -> rules -> cards
 
-    store = Store(settings.database)
+    store = open_store(settings)
     app.extensions["ptsd_cds"] = Components(
         settings=settings,
         store=store,
         authenticator=build_authenticator(settings, store),
         outbound=OutboundPolicy(settings),
         engine=Engine(settings),
+        patient_key_secret=resolve_secret(settings, store),
     )
 
     CORS(
