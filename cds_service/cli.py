@@ -3,6 +3,7 @@
     ptsd-cds serve [--dev] [--bind HOST:PORT] [--workers N]
     ptsd-cds check-config
     ptsd-cds evaluate REQUEST.json [--today YYYY-MM-DD]
+    ptsd-cds feedback-report [--csv] [--include-demo]
 """
 
 from __future__ import annotations
@@ -47,12 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("request", type=Path, help="a CDS Hooks request (JSON file, or - for stdin)")
     evaluate.add_argument("--today", type=date.fromisoformat, help="evaluate as of this date")
 
+    report = sub.add_parser("feedback-report", help="card acceptance and override figures (as /feedback)")
+    report.add_argument("--csv", action="store_true", help="CSV instead of text tables")
+    report.add_argument("--include-demo", action="store_true", help="include the demo page's feedback and cards")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
         if args.command == "check-config":
             return _check_config()
+        if args.command == "feedback-report":
+            from cds_service.web.report import run_report  # owned by the pages (web/) code
+
+            return run_report(args.csv, args.include_demo)
         return _evaluate(args)
     except ConfigError as exc:
         print(f"ptsd-cds: configuration error: {exc}", file=sys.stderr)
