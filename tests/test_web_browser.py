@@ -221,3 +221,27 @@ def test_catalogue_shows_every_card_kind(sites, page):
     pg.emulate_media(media="print")
     assert pg.locator("header.site").is_hidden()  # print CSS: no navigation on paper
     shot(pg, "08-card-page-print")
+
+
+def test_demo_says_clearly_when_the_service_requires_authentication(tmp_path, browser):
+    """A demo page pointed at a service that requires JWTs shows why nothing can be called."""
+    issuers = Path(__file__).resolve().parent.parent / "cds_service" / "data" / "dev-trusted-issuers.json"
+    db = str(tmp_path / "ptsd-cds.sqlite3")
+    holder: dict = {}
+    page_server = Server(lambda environ, start_response: holder["app"](environ, start_response))
+    demo_origin = f"http://demo.test:{page_server.port}"
+    service_server = Server(create_app({"auth": "required", "trusted_issuers": str(issuers), "database": db,
+                                        "cors_origins": demo_origin}))
+    holder["app"] = create_app({"auth": "off", "database": db, "demo": "on",
+                                "demo_service_url": f"http://cds.test:{service_server.port}"})
+    context = browser.new_context()
+    try:
+        pg = context.new_page()
+        pg.goto(f"{demo_origin}/demo?patient=ptsd-new")
+        pg.locator("#status.error").filter(has_text="requires authentication").wait_for(timeout=10_000)
+        assert "cannot sign JWTs" in pg.locator("#pv-cards").inner_text()
+        shot(pg, "09-service-requires-auth")
+    finally:
+        context.close()
+        page_server.stop()
+        service_server.stop()

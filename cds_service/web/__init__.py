@@ -22,7 +22,7 @@ import json
 import logging
 from datetime import date
 
-from flask import Blueprint, Response, abort, current_app, g, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
 from markupsafe import Markup
 
 from cds_service.web import charts, demo
