@@ -231,37 +231,66 @@ def test_summarise_counts_rates_reasons_and_weeks():
     assert "benzodiazepine-avoid" in text_report(s) and "50%" in text_report(s)
 
 
-def test_dashboard_and_report_count_real_feedback_and_leave_demo_out(make_app, tmp_path, monkeypatch, capsys):
-    db = str(tmp_path / "ptsd-cds.sqlite3")
-    app = make_app(demo="on", database=db)
-    client = app.test_client()
-    # an EHR's call and feedback, and a demo call and feedback
-    service, cards = hook_call(client, "ptsd-benzo-therapy.select-lorazepam.json")
-    card = cards[0]
-    resp = client.post(f"/cds-services/{service}/feedback", json={"feedback": [
-        feedback_item(card["uuid"], "overridden", reason="procedural-short-term")]})
-    assert resp.status_code == 200
-    _, demo_cards = hook_call(client, "ptsd-benzo-therapy.select-lorazepam.json", {"X-PTSD-CDS-Client": "demo"})
-    resp = client.post(f"/cds-services/{service}/feedback", headers={"X-PTSD-CDS-Client": "demo"}, json={
-        "feedback": [feedback_item(demo_cards[0]["uuid"], "accepted", suggestion=demo_cards[0]["suggestions"][0]["uuid"])]})
-    assert resp.status_code == 200
+def _row(html, topic):
+    m = re.search(rf'<tr data-topic="{topic}">(.*?)</tr>', html, re.S)
+    return re.findall(r'<td class="(issued|accepted|overridden)">(\d+)</td>', m.group(1)) if m else None
 
-    def row(html, topic):
-        m = re.search(rf'<tr data-topic="{topic}">(.*?)</tr>', html, re.S)
-        return re.findall(r'<td class="(issued|accepted|overridden)">(\d+)</td>', m.group(1)) if m else None
+
+def test_dashboard_and_report_show_the_stores_figures(make_app, tmp_path, monkeypatch, capsys):
+    """Seeded through the store's own interface: issued cards and feedback, EHR and demo."""
+    from cds_service.store import IssuedCard
+
+    db = str(tmp_path / "ptsd-cds.sqlite3")
+    app = make_app(database=db)
+    store = app.extensions["ptsd_cds"].store
+    now = 1_795_000_000.0  # 2026-11-18 (ISO week 2026-W47)
+    store.record_issued_cards([
+        IssuedCard("u1", "benzodiazepine-avoid", "ptsd-order-select", "order-select", None, now),
+        IssuedCard("u2", "benzodiazepine-avoid", "ptsd-order-select", "order-select", None, now),
+        IssuedCard("u3", "step-2-ssri", "ptsd-patient-view", "patient-view", None, now),
+        IssuedCard("d1", "benzodiazepine-avoid", "ptsd-order-select", "order-select", None, now, demo=True),
+    ])
+    store.save_feedback("ptsd-order-select", [feedback_item("u1", "overridden", reason="procedural-short-term")], None)
+    store.save_feedback("ptsd-patient-view", [feedback_item("u3", "accepted", suggestion="s1")], None)
+    store.save_feedback("ptsd-order-select", [feedback_item("d1", "accepted", suggestion="s2")], None, demo=True)
+    client = app.test_client()
 
     html = client.get("/feedback").get_data(as_text=True)
-    assert row(html, "benzodiazepine-avoid") == [("issued", "1"), ("accepted", "0"), ("overridden", "1")]
-    assert 'data-reason="procedural-short-term"' in html
+    assert _row(html, "benzodiazepine-avoid") == [("issued", "2"), ("accepted", "0"), ("overridden", "1")]
+    assert _row(html, "step-2-ssri") == [("issued", "1"), ("accepted", "1"), ("overridden", "0")]
+    page = text_of(html)
+    assert "Benzodiazepines: recommended against in PTSD 2 0 1 0% 50%" in page
+    assert "Short-term use for a procedure procedural-short-term 1" in page
     assert '<svg xmlns="http://www.w3.org/2000/svg" role="img"' in html and "<desc" in html
+    assert "Demo data is left out" in page
     html = client.get("/feedback?include_demo=1").get_data(as_text=True)
-    assert row(html, "benzodiazepine-avoid") == [("issued", "2"), ("accepted", "1"), ("overridden", "1")]
+    assert _row(html, "benzodiazepine-avoid") == [("issued", "3"), ("accepted", "1"), ("overridden", "1")]
 
     monkeypatch.setenv("PTSD_CDS_DATABASE", db)
     assert cli_main(["feedback-report", "--csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     benzo = next(r for r in rows if r["table"] == "card_kind" and r["card_kind"] == "benzodiazepine-avoid")
-    assert (benzo["issued"], benzo["accepted"], benzo["overridden"]) == ("1", "0", "1")
+    assert (benzo["issued"], benzo["accepted"], benzo["overridden"], benzo["override_rate"]) == ("2", "0", "1", "0.5000")
+    assert {"table": "override_reason", "card_kind": "benzodiazepine-avoid", "reason": "procedural-short-term",
+            "count": "1"}.items() <= next(r for r in rows if r["table"] == "override_reason").items()
     assert cli_main(["feedback-report", "--include-demo"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"benzodiazepine-avoid\s+2\s+1\s+1\s+50%\s+50%", out), out
+    assert re.search(r"benzodiazepine-avoid\s+3\s+1\s+1\s+33%\s+33%", out), out
+
+
+def test_demo_calls_are_tagged_through_the_http_path(make_app, tmp_path):
+    """An EHR's call and feedback count by default; the demo's (X-PTSD-CDS-Client) only on request."""
+    app = make_app(demo="on", database=str(tmp_path / "ptsd-cds.sqlite3"))
+    client = app.test_client()
+    service, cards = hook_call(client, "ptsd-benzo-therapy.select-lorazepam.json")
+    resp = client.post(f"/cds-services/{service}/feedback", json={"feedback": [
+        feedback_item(cards[0]["uuid"], "overridden", reason="procedural-short-term")]})
+    assert resp.status_code == 200
+    _, demo_cards = hook_call(client, "ptsd-benzo-therapy.select-lorazepam.json", {"X-PTSD-CDS-Client": "demo"})
+    resp = client.post(f"/cds-services/{service}/feedback", headers={"X-PTSD-CDS-Client": "demo"}, json={
+        "feedback": [feedback_item(demo_cards[0]["uuid"], "accepted", suggestion=demo_cards[0]["suggestions"][0]["uuid"])]})
+    assert resp.status_code == 200
+    html = client.get("/feedback").get_data(as_text=True)
+    assert _row(html, "benzodiazepine-avoid") == [("issued", "1"), ("accepted", "0"), ("overridden", "1")]
+    html = client.get("/feedback?include_demo=1").get_data(as_text=True)
+    assert _row(html, "benzodiazepine-avoid") == [("issued", "2"), ("accepted", "1"), ("overridden", "1")]

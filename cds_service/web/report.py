@@ -7,6 +7,7 @@ titles from ``PTSD_CDS_CARDS_DIR``; prints text tables, or CSV (``stats.CSV_FIEL
 
 from __future__ import annotations
 
+import os
 import sys
 
 from cds_service.card_content import CardContentError, load_cards
@@ -17,7 +18,8 @@ from cds_service.web.stats import collect, csv_report, text_report
 
 def run_report(as_csv: bool, include_demo: bool, out=None) -> int:
     out = out or sys.stdout
-    settings = Settings.from_env().with_overrides({"auth": "off"})  # reading figures needs no client auth
+    # Reading figures needs no client authentication settings (no trusted-issuer file).
+    settings = Settings.from_env({**os.environ, "PTSD_CDS_AUTH": "off"})
     try:
         cards = load_cards(settings.cards_dir)
     except CardContentError as exc:
