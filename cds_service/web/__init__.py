@@ -151,7 +151,7 @@ def feedback_page():
         log.warning("feedback dashboard: store unavailable")
         return _page("message.html", 503, title="Feedback figures unavailable",
                      message="The database cannot be reached right now; try again shortly.")
-    reason_rows = [(f"{r['title']}: {r['display']}", r["count"]) for r in summary.reasons]
+    reason_rows = [(f"{r['display']} ({r['topic']})", r["count"]) for r in summary.reasons]
     return _page(
         "feedback.html", summary=summary, include_demo=include_demo, percent=percent,
         chart_kinds=charts.stacked_rates(summary.kinds),

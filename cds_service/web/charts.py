@@ -12,7 +12,7 @@ from markupsafe import Markup, escape
 
 COLOURS = {"accepted": "#1a7f37", "overridden": "#b42318", "none": "#6e7781", "issued": "#0b5cad"}
 ROW = 28
-LABEL_W = 300
+LABEL_W = 390
 BAR_W = 420
 
 
@@ -27,7 +27,7 @@ def _svg(height: int, title: str, desc: str, body: list[str], chart_id: str) -> 
 
 def _label(y: int, text: str) -> str:
     return (f'<text x="{LABEL_W - 8}" y="{y + ROW // 2 + 4}" text-anchor="end" class="chart-label">'
-            f'{escape(text[:44])}</text>')
+            f'{escape(text if len(text) <= 52 else text[:51] + "…")}</text>')
 
 
 def stacked_rates(kinds, chart_id: str = "kinds") -> Markup:
