@@ -245,3 +245,24 @@ def test_demo_says_clearly_when_the_service_requires_authentication(tmp_path, br
         context.close()
         page_server.stop()
         service_server.stop()
+
+
+def test_every_fixture_patient_opens_with_the_services_cards(sites, page):
+    """Each chart renders exactly the patient-view cards the service gives for that patient."""
+    import json
+
+    from cds_service.web import demo
+
+    service_client = create_app({"auth": "off", "database": ":memory:", "today": "2026-11-28"}).test_client()
+    for patient in demo.list_patients():
+        request = json.loads((Path(__file__).resolve().parent.parent / "fixtures" / "requests"
+                              / f"{patient.id}.patient-view.json").read_text())
+        expected = [(c["source"]["topic"]["code"], c["indicator"]) for c in
+                    service_client.post("/cds-services/ptsd-patient-view", json=request).get_json()["cards"]]
+        page.goto(f"{sites['demo']}/demo?patient={patient.id}")
+        page.locator("#status").filter(has_text="patient-view:").wait_for()
+        shown = page.locator("#pv-cards article.card").evaluate_all(
+            "els => els.map(e => [e.dataset.topic, e.className.match(/card-(info|warning|critical)/)[1]])")
+        assert [tuple(x) for x in shown] == expected, patient.id
+        if not expected:
+            assert "No cards" in page.locator("#pv-cards").inner_text()
