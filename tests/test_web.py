@@ -90,6 +90,8 @@ def test_demo_is_refused_while_auth_is_required(make_app):
     resp = client.get("/demo")
     assert resp.status_code == 403
     assert "cannot sign JWTs" in text_of(resp.get_data(as_text=True))
+    resp = client.get("/")  # the landing page, which says why, not a redirect to a refusal
+    assert resp.status_code == 200 and "cannot sign them" in text_of(resp.get_data(as_text=True))
 
 
 def test_demo_page_embeds_the_patient_and_allows_only_its_service_origin(make_app):

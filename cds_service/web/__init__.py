@@ -4,7 +4,7 @@ A Flask blueprint (``bp``), registered by ``create_app``. Jinja templates in ``t
 static files in ``static/`` (served at ``/web-static/``; the browser libraries are vendored in
 ``static/vendor/`` with their licences: no CDN, no build step).
 
-* ``GET /`` — to ``/demo`` when the demo is on, else a landing page.
+* ``GET /`` — to ``/demo`` when the demo is on (and auth off), else a landing page.
 * ``GET /demo`` — an EHR-like page calling the service's own HTTP API from the browser
   (``PTSD_CDS_DEMO=on`` only; refused while ``PTSD_CDS_AUTH=required``: it cannot sign JWTs).
   ``PTSD_CDS_DEMO_SERVICE_URL`` points it at a service on another origin (CORS).
@@ -82,9 +82,10 @@ def _page(template: str, status: int = 200, **context) -> tuple[str, int]:
 # --- pages ------------------------------------------------------------------------------------
 @bp.get("/")
 def index():
-    if demo_enabled(_settings()):
+    settings = _settings()
+    if demo_enabled(settings) and not settings.auth_required:
         return redirect(url_for("web.demo_page"))
-    return _page("landing.html")
+    return _page("landing.html", auth_required=settings.auth_required)
 
 
 @bp.get("/demo")
