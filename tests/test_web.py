@@ -296,3 +296,16 @@ def test_demo_calls_are_tagged_through_the_http_path(make_app, tmp_path):
     assert _row(html, "benzodiazepine-avoid") == [("issued", "1"), ("accepted", "0"), ("overridden", "1")]
     html = client.get("/feedback?include_demo=1").get_data(as_text=True)
     assert _row(html, "benzodiazepine-avoid") == [("issued", "2"), ("accepted", "1"), ("overridden", "1")]
+
+
+def test_dashboard_says_so_when_the_store_is_unavailable(app, client, monkeypatch):
+    from cds_service.store import StoreUnavailable
+
+    def down(**_):
+        raise StoreUnavailable("connection refused")
+
+    monkeypatch.setattr(app.extensions["ptsd_cds"].store, "feedback_counts", down)
+    resp = client.get("/feedback")
+    assert resp.status_code == 503
+    page = text_of(resp.get_data(as_text=True))
+    assert "Feedback figures unavailable" in page and "connection refused" not in page
