@@ -96,6 +96,9 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     from cds_service.api.routes import bp
 
     app.register_blueprint(bp)
+    from cds_service.api.ratelimit import install_feedback_limit
+
+    install_feedback_limit(app, settings.feedback_rate_limit)  # feedback only: hook calls are never limited
     from cds_service.web import bp as web_bp  # pages for people: /, /demo, /cards, /feedback
 
     app.register_blueprint(web_bp)

@@ -2,6 +2,7 @@
 
     ptsd-cds serve [--dev] [--bind HOST:PORT] [--workers N]
     ptsd-cds check-config
+    ptsd-cds purge
     ptsd-cds evaluate REQUEST.json [--today YYYY-MM-DD]
     ptsd-cds feedback-report [--csv] [--include-demo]
 """
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=int(os.environ.get("PTSD_CDS_WORKERS", "2")))
 
     sub.add_parser("check-config", help="validate the PTSD_CDS_* settings and exit")
+    sub.add_parser("purge", help="delete expired replay entries and snoozes, feedback and issued-card "
+                                 "records older than PTSD_CDS_FEEDBACK_RETENTION_DAYS")
 
     evaluate = sub.add_parser("evaluate", help="print the cards for a hook request, without a server")
     evaluate.add_argument("request", type=Path, help="a CDS Hooks request (JSON file, or - for stdin)")
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "check-config":
             return _check_config()
+        if args.command == "purge":
+            return _purge()
         if args.command == "feedback-report":
             from cds_service.web.report import run_report  # owned by the pages (web/) code
 
@@ -147,6 +152,27 @@ def _check_config() -> int:
     print("configuration OK")
     for line in settings.describe():
         print("  " + line)
+    return 0
+
+
+def _purge() -> int:
+    """One purge run against the configured store (cron it daily; safe on every instance at once)."""
+    import time
+
+    from cds_service.store import StoreUnavailable, open_store
+
+    settings = Settings.from_env()
+    settings.validate()
+    try:
+        store = open_store(settings)
+        try:
+            counts = store.purge(time.time())
+        finally:
+            store.close()
+    except StoreUnavailable as exc:
+        print(f"ptsd-cds: purge failed, the store is unavailable: {exc}", file=sys.stderr)
+        return 1
+    print("purged: " + ", ".join(f"{name}={count}" for name, count in counts.items()))
     return 0
 
 

@@ -59,7 +59,7 @@ class Settings:
     # --- the store (docs/SCALING.md) --------------------------------------------------------
     database_pool_min: int = 1  # PostgreSQL connections kept open per worker process
     database_pool_max: int = 5  # PostgreSQL connections per worker process at most (threads + 1)
-    database_timeout: float = 0.5  # seconds a call waits for a PostgreSQL connection before the fallback
+    database_timeout: float = 0.25  # seconds a call waits for a PostgreSQL connection before the fallback
     patient_key_secret: str | None = None  # HMAC key for patient hashes; required with PostgreSQL (>= 32 chars)
     store_user_comments: str = "off"  # on | off: keep overrideReason.userComment of feedback (free text)
     feedback_retention_days: int = 30  # feedback and issued-card records older than this are purged

@@ -71,7 +71,9 @@ def _write_feedback(path, worker, count):
 
 def test_several_worker_processes_lose_nothing(tmp_path):
     path = str(tmp_path / "shared.sqlite3")
-    Store(path)
+    # Close before forking: a SQLite connection must never be inherited by a child process (a
+    # child that closes it, e.g. by garbage collection, can delete the WAL under the others).
+    Store(path).close()
     procs = [multiprocessing.Process(target=_write_feedback, args=(path, w, 40)) for w in range(4)]
     for p in procs:
         p.start()

@@ -5,7 +5,7 @@ once for all of them and feedback lands in one place. The database is not allowe
 cards down with it:
 
 * connections come from a pool with a short wait (``PTSD_CDS_DATABASE_TIMEOUT``, default
-  0.5 s), a 2 s connect timeout and a 2 s statement timeout;
+  0.25 s), a 2 s connect timeout and a 2 s statement timeout;
 * the first failure opens a circuit: while the database is unavailable no call waits on it.
   Replay checks go to the host-local SQLite cache (``PTSD_CDS_REPLAY_FALLBACK``, shared by the
   host's workers), feedback raises StoreUnavailable (503), the issued-card record and snoozes
@@ -51,7 +51,7 @@ class PostgresStore(Store):
     engine = "postgresql"
 
     def __init__(self, url: str, *, store_user_comments: bool = False, feedback_retention_days: float = 30.0,
-                 pool_min: int = 1, pool_max: int = 5, timeout: float = 0.5,
+                 pool_min: int = 1, pool_max: int = 5, timeout: float = 0.25,
                  fallback_path: str = "var/replay-fallback.sqlite3", probe_interval: float = PROBE_INTERVAL_S):
         self.url = url
         self.store_user_comments = store_user_comments

@@ -44,13 +44,16 @@ def prepare_path(path: str) -> None:
     elif folder.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("the database folder %s is readable by other users (mode %o); 0700 is advised",
                     folder, stat.S_IMODE(folder.stat().st_mode))
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    # Never open() and close() an existing database file here: closing any descriptor of a file
+    # drops every POSIX lock this process holds on it, including those of open SQLite connections.
     try:
-        st = os.fstat(fd)
-        if stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.geteuid():
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        return  # created here, 0600 (no connection can have it open yet)
+    except FileExistsError:  # there already, or another worker created it at the same instant
+        pass
+    st = os.stat(path)
+    if stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.geteuid():
+        os.chmod(path, 0o600)
     for suffix in ("-wal", "-shm", "-journal"):  # SQLite creates these with the file's mode
         side = Path(path + suffix)
         if side.exists() and stat.S_IMODE(side.stat().st_mode) & 0o077 and side.stat().st_uid == os.geteuid():
