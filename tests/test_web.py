@@ -187,12 +187,15 @@ def test_catalogue_lists_every_card_kind_with_its_content(client, app):
     assert '<span class="placeholder">{drug}</span>' in html
 
 
-def test_card_page_says_when_it_fires_from_the_rules_data(client):
+def test_card_page_says_when_it_fires_from_the_rules_data(client, app):
     page = text_of(client.get("/cards/step-4-venlafaxine").get_data(as_text=True))
     comment = header_comment(ROOT / "cards" / "step-4-venlafaxine.toml")
     assert comment and comment in page
-    assert "Step 3 of 5 in the next-step ladder" in page
-    assert "Step 1: trauma-focused psychotherapy" in page or "Step 1" in page
+    position = GUIDELINE.next_step_order.index("step-4-venlafaxine")
+    assert f"Step {position + 1} of {len(GUIDELINE.next_step_order)} in the next-step ladder" in page
+    cards = app.extensions["ptsd_cds"].engine.cards.cards
+    before = "; ".join(cards[t].title for t in GUIDELINE.next_step_order[:position])
+    assert f"shown only when none of these applies first: {before}." in page
     dose = text_of(client.get("/cards/dose-out-of-range").get_data(as_text=True))
     for r in GUIDELINE.dose_ranges.values():
         assert f"{r.ingredient} {r.min_mg:g} {r.max_mg:g}" in dose
