@@ -216,7 +216,11 @@ def test_kill_9_of_one_instance_mid_load_loses_nothing_acknowledged(cluster, sig
 
 def test_database_restart_feedback_503_hooks_200_then_shared_again(cluster, signing_key):
     a, b, server = cluster["a"], cluster["b"], cluster["server"]
-    assert has_warning(benzo_call(a, signing_key)) and has_warning(benzo_call(b, signing_key))
+    baseline = []
+    for instance in (a, b) * 3:
+        started = time.perf_counter()
+        assert has_warning(benzo_call(instance, signing_key))
+        baseline.append(time.perf_counter() - started)
     server.stop("fast")
     try:
         timings = []
@@ -225,13 +229,15 @@ def test_database_restart_feedback_503_hooks_200_then_shared_again(cluster, sign
             resp = benzo_call(instance, signing_key)
             timings.append(time.perf_counter() - started)
             assert has_warning(resp), resp.text  # authenticated hook calls keep working
-        print(f"\nhook call latency during the outage (s): {[round(t, 3) for t in timings]}")
+        normal = sorted(baseline)[len(baseline) // 2]
+        print(f"\nhook call latency (s): before the outage median {normal:.3f}; during the outage "
+              f"{[round(t, 3) for t in timings]}")
         # A dead database never stalls a call: the first call of each worker (2 instances x 2
         # workers) waits at most PTSD_CDS_DATABASE_TIMEOUT (0.25 s) for a connection, then the
-        # circuit is open and calls do not touch the database at all.
-        assert max(timings) < 1.0, timings
-        assert len([t for t in timings if t > 0.2]) <= 4, timings
-        assert sorted(timings)[len(timings) // 2] < 0.1, timings
+        # circuit is open and calls do not touch the database at all (margins for a loaded CI).
+        assert max(timings) < 0.25 + 1.0 + 2 * normal, timings
+        assert len([t for t in timings if t > 0.2 + 2 * normal]) <= 4, timings
+        assert sorted(timings)[len(timings) // 2] < 0.1 + 2 * normal, timings
         fb = post(a, FEEDBACK, {"feedback": [feedback_item("during-outage")]}, token(signing_key, FEEDBACK))
         assert fb.status_code == 503 and fb.json()["resourceType"] == "OperationOutcome"
         assert fb.json()["issue"][0]["severity"] in ("error", "fatal")

@@ -77,16 +77,8 @@ class PostgresStore(Store):
             "issued_cards_dropped": 0,  # issued-card rows not recorded (best-effort)
             "snooze_unavailable": 0,  # snooze reads or writes that could not reach the database
         }
-        self._pool = ConnectionPool(
-            url, min_size=pool_min, max_size=max(pool_max, 1), timeout=self.timeout, open=False,
-            name="ptsd-cds", check=ConnectionPool.check_connection, reconnect_timeout=30.0,
-            max_idle=300.0, num_workers=2,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "ptsd-cds",
-                    "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-                    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 2,
-                    "tcp_user_timeout": 5000},
-        )
-        self._pool.open(wait=False)
+        self._pool_min, self._pool_max = pool_min, max(pool_max, 1)
+        self._pool = self._new_pool()
         try:
             self._pool.wait(timeout=max(self.timeout, CONNECT_TIMEOUT_S + 0.5) if pool_min else self.timeout)
             self._migrate()
@@ -97,6 +89,21 @@ class PostgresStore(Store):
             self._trip(exc)
 
     # --- connections and the circuit ---------------------------------------------------------
+    def _new_pool(self) -> ConnectionPool:
+        pool = ConnectionPool(
+            self.url, min_size=self._pool_min, max_size=self._pool_max, timeout=self.timeout, open=False,
+            name="ptsd-cds", check=ConnectionPool.check_connection, reconnect_timeout=30.0,
+            max_idle=300.0, num_workers=2, kwargs=self._connect_kwargs())
+        pool.open(wait=False)
+        return pool
+
+    @staticmethod
+    def _connect_kwargs() -> dict[str, Any]:
+        return {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "ptsd-cds",
+                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 2,
+                "tcp_user_timeout": 5000}
+
     @property
     def available(self) -> bool:
         return self._down_since is None
@@ -127,13 +134,24 @@ class PostgresStore(Store):
                   "answers 503, issued-card records are skipped until it answers again", type(exc).__name__)
 
     def _probe(self) -> None:
+        """Until the database answers: probe it directly (not through the pool, whose reconnect
+        back-off can reach tens of seconds), then swap in a fresh pool, migrate, sync, close the circuit."""
         while not self._closed.wait(self.probe_interval):
             try:
-                with self._pool.connection(timeout=max(self.timeout, 1.0)) as conn:
+                with psycopg.connect(self.url, **self._connect_kwargs()) as conn:
                     conn.execute("SELECT 1")
+                fresh = self._new_pool()
+                try:
+                    fresh.wait(timeout=CONNECT_TIMEOUT_S + 0.5)
+                except psycopg.Error:
+                    fresh.close(timeout=0)
+                    raise
+                old, self._pool = self._pool, fresh
+                threading.Thread(target=old.close, kwargs={"timeout": 1.0}, daemon=True).start()
                 self._migrate()
                 self._sync_fallback()
-            except (psycopg.Error, StoreUnavailable):
+            except (psycopg.Error, StoreUnavailable) as exc:
+                log.debug("PostgreSQL probe failed: %s", type(exc).__name__)
                 continue
             with self._state:
                 down = time.time() - (self._down_since or time.time())
