@@ -16,7 +16,8 @@ from cds_service.auth import build_authenticator
 from cds_service.config import Settings
 from cds_service.errors import ApiError, error_response
 from cds_service.patient_data.outbound import OutboundPolicy
-from cds_service.store import Store
+from cds_service.patient_key import resolve_secret
+from cds_service.store import Store, open_store
 
 log = logging.getLogger("ptsd_cds.app")
 
@@ -48,6 +49,7 @@ class Components:
     authenticator: Any
     outbound: OutboundPolicy
     engine: Any
+    patient_key_secret: bytes = b""  # HMAC key of the stored patient hashes (cds_service/patient_key.py)
 
 
 def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
@@ -72,20 +74,21 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
 
     from cds_service.engine import Engine  # the clinical engine: facts -> rules -> cards
 
-    store = Store(settings.database)
+    store = open_store(settings)
     app.extensions["ptsd_cds"] = Components(
         settings=settings,
         store=store,
         authenticator=build_authenticator(settings, store),
         outbound=OutboundPolicy(settings),
         engine=Engine(settings),
+        patient_key_secret=resolve_secret(settings, store),
     )
 
     CORS(
         app,
         resources={r"/cds-services*": {"origins": list(settings.cors_origins)}},
         methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type"],
+        allow_headers=["Authorization", "Content-Type", "X-PTSD-CDS-Client"],  # the last: demo page (web/)
         supports_credentials=False,
         max_age=86400,
     )
@@ -93,6 +96,12 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     from cds_service.api.routes import bp
 
     app.register_blueprint(bp)
+    from cds_service.api.ratelimit import install_feedback_limit
+
+    install_feedback_limit(app, settings.feedback_rate_limit)  # feedback only: hook calls are never limited
+    from cds_service.web import bp as web_bp  # pages for people: /, /demo, /cards, /feedback
+
+    app.register_blueprint(web_bp)
     _register_error_handlers(app)
 
     @app.after_request

@@ -2,7 +2,9 @@
 
     ptsd-cds serve [--dev] [--bind HOST:PORT] [--workers N]
     ptsd-cds check-config
+    ptsd-cds purge
     ptsd-cds evaluate REQUEST.json [--today YYYY-MM-DD]
+    ptsd-cds feedback-report [--csv] [--include-demo]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ DEVELOPMENT_DEFAULTS = {
     "PTSD_CDS_TRUSTED_ISSUERS": str(PACKAGE_DATA / "dev-trusted-issuers.json"),
     "PTSD_CDS_DATABASE": "var/ptsd-cds.sqlite3",
     "PTSD_CDS_LOG_LEVEL": "INFO",
+    "PTSD_CDS_DEMO": "on",  # the /demo page (cds_service/web); refused while auth is required
 }
 
 
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=int(os.environ.get("PTSD_CDS_WORKERS", "2")))
 
     sub.add_parser("check-config", help="validate the PTSD_CDS_* settings and exit")
+    sub.add_parser("purge", help="delete expired replay entries and snoozes, feedback and issued-card "
+                                 "records older than PTSD_CDS_FEEDBACK_RETENTION_DAYS")
 
     evaluate = sub.add_parser("evaluate", help="print the cards for a hook request, without a server")
     evaluate.add_argument("request", type=Path, help="a CDS Hooks request (JSON file, or - for stdin)")
@@ -49,12 +54,22 @@ def main(argv: list[str] | None = None) -> int:
                           help="also validate the whole record with a strict FHIR R4 reader (fhir.resources) "
                                "and report, on stderr, every resource it would reject (exit 3 if any)")
 
+    report = sub.add_parser("feedback-report", help="card acceptance and override figures (as /feedback)")
+    report.add_argument("--csv", action="store_true", help="CSV instead of text tables")
+    report.add_argument("--include-demo", action="store_true", help="include the demo page's feedback and cards")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
         if args.command == "check-config":
             return _check_config()
+        if args.command == "purge":
+            return _purge()
+        if args.command == "feedback-report":
+            from cds_service.web.report import run_report  # owned by the pages (web/) code
+
+            return run_report(args.csv, args.include_demo)
         return _evaluate(args)
     except ConfigError as exc:
         print(f"ptsd-cds: configuration error: {exc}", file=sys.stderr)
@@ -140,6 +155,27 @@ def _check_config() -> int:
     print("configuration OK")
     for line in settings.describe():
         print("  " + line)
+    return 0
+
+
+def _purge() -> int:
+    """One purge run against the configured store (cron it daily; safe on every instance at once)."""
+    import time
+
+    from cds_service.store import StoreUnavailable, open_store
+
+    settings = Settings.from_env()
+    settings.validate()
+    try:
+        store = open_store(settings)
+        try:
+            counts = store.purge(time.time())
+        finally:
+            store.close()
+    except StoreUnavailable as exc:
+        print(f"ptsd-cds: purge failed, the store is unavailable: {exc}", file=sys.stderr)
+        return 1
+    print("purged: " + ", ".join(f"{name}={count}" for name, count in counts.items()))
     return 0
 
 

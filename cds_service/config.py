@@ -9,6 +9,7 @@ variable (``ptsd-cds check-config`` runs the same checks).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
@@ -32,7 +33,7 @@ class Settings:
     env: str = "production"  # production | development
     auth: str = "required"  # required | off  (off: no client authentication; development and tests)
     public_url: str | None = None  # external base URL, e.g. https://cds.example.org (JWT aud behind a proxy)
-    database: str = "var/ptsd-cds.sqlite3"  # SQLite: feedback and the JWT replay cache
+    database: str = "var/ptsd-cds.sqlite3"  # a SQLite path (one host) or a postgresql:// URL (shared store)
     log_level: str = "INFO"
     cors_origins: tuple[str, ...] = ("*",)  # "*" or a list of exact origins
     max_body: int = 10 * 1024 * 1024  # bytes; larger request bodies get 413
@@ -55,10 +56,25 @@ class Settings:
     fhir_max_response: int = 20 * 1024 * 1024  # bytes per FHIR response
     fhir_max_workers: int = 4  # concurrent FHIR queries per hook call
 
+    # --- the store (docs/SCALING.md) --------------------------------------------------------
+    database_pool_min: int = 1  # PostgreSQL connections kept open per worker process
+    database_pool_max: int = 5  # PostgreSQL connections per worker process at most (threads + 1)
+    database_timeout: float = 0.25  # seconds a call waits for a PostgreSQL connection before the fallback
+    patient_key_secret: str | None = None  # HMAC key for patient hashes; required with PostgreSQL (>= 32 chars)
+    store_user_comments: str = "off"  # on | off: keep overrideReason.userComment of feedback (free text)
+    feedback_retention_days: int = 30  # feedback and issued-card records older than this are purged
+    snooze_days: int = 30  # how long a snoozed card stays silent for a patient (issue #8)
+    feedback_rate_limit: str = "120/minute"  # feedback writes per client (token issuer, else address), per instance
+    replay_fallback: str = "var/replay-fallback.sqlite3"  # host-local replay cache during a PostgreSQL outage
+
     # --- clinical content -------------------------------------------------------------------
     cards_dir: str = field(default_factory=_default_cards_dir)
     site_code_map: str | None = None  # JSON file mapping local procedure codes to therapies
     today: date | None = None  # fixes "today" for demos and tests; never set in production
+
+    # --- pages for people (cds_service/web) -------------------------------------------------
+    demo: str = "off"  # on | off: the EHR-like /demo page (on under `make run`); refused when auth is required
+    demo_service_url: str | None = None  # base URL the demo page calls (default: its own origin)
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -103,6 +119,10 @@ class Settings:
             raise bad("env", "must be 'production' or 'development'")
         if self.auth not in ("required", "off"):
             raise bad("auth", "must be 'required' or 'off'")
+        if self.demo not in ("on", "off"):
+            raise bad("demo", "must be 'on' or 'off'")
+        if self.demo_service_url and not re.match(r"^https?://[^/\s?#]+/?$", self.demo_service_url):
+            raise bad("demo_service_url", "must be an origin like http://127.0.0.1:8080 (no path)")
         if self.public_url and not self.public_url.startswith(("https://", "http://")):
             raise bad("public_url", "must be an absolute http(s) URL")
         for name in ("max_body", "max_json_depth", "jwt_max_lifetime", "fhir_max_pages",
@@ -121,6 +141,7 @@ class Settings:
             raise bad("jwt_algorithms", "at least one algorithm is needed")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise bad("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        self._validate_store(bad)
         if not Path(self.cards_dir).is_dir():
             raise bad("cards_dir", f"not a directory: {self.cards_dir}")
         if self.site_code_map and not Path(self.site_code_map).is_file():
@@ -130,9 +151,65 @@ class Settings:
         if self.auth_required and not Path(self.trusted_issuers).is_file():
             raise bad("trusted_issuers", f"file not found: {self.trusted_issuers}")
 
+    def _validate_store(self, bad) -> None:
+        scheme = self.database.split("://", 1)[0].lower() if "://" in self.database else ""
+        postgres = scheme in ("postgresql", "postgres")
+        if scheme and not postgres:
+            raise bad("database", f"a file path or a postgresql:// URL, not a {scheme}:// URL")
+        if not self.database.strip():
+            raise bad("database", "must be a file path or a postgresql:// URL")
+        if self.database_pool_min < 0 or self.database_pool_max < 1 or self.database_pool_min > self.database_pool_max:
+            raise bad("database_pool_max", "needs 0 <= PTSD_CDS_DATABASE_POOL_MIN <= PTSD_CDS_DATABASE_POOL_MAX, max >= 1")
+        if not 0 < self.database_timeout <= 30:
+            raise bad("database_timeout", "must be between 0 and 30 seconds")
+        if self.patient_key_secret is not None and len(self.patient_key_secret.encode()) < 32:
+            raise bad("patient_key_secret", "must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        if postgres and not self.patient_key_secret:
+            raise bad("patient_key_secret", "required with a PostgreSQL store: every instance must hash "
+                                            "patients with the same key (e.g. `openssl rand -hex 32`)")
+        if self.store_user_comments not in ("on", "off"):
+            raise bad("store_user_comments", "must be 'on' or 'off'")
+        if self.snooze_days < 1:
+            raise bad("snooze_days", "must be at least 1 day")
+        if self.feedback_retention_days < self.snooze_days:
+            raise bad("feedback_retention_days", f"must be at least PTSD_CDS_SNOOZE_DAYS ({self.snooze_days}): "
+                                                 "a snooze is explained by the feedback that set it")
+        try:
+            from limits import parse_many
+
+            if not parse_many(self.feedback_rate_limit):
+                raise ValueError("empty")
+        except ValueError:
+            raise bad("feedback_rate_limit", "a rate such as '120/minute' or '10/second;500/hour'") from None
+        if postgres and not self.replay_fallback.strip():
+            raise bad("replay_fallback", "a file path for the host-local replay cache is needed with PostgreSQL")
+
     def describe(self) -> list[str]:
-        """Lines for the start-up banner (no secrets are held in settings)."""
-        return [f"{PREFIX}{f.name.upper()}={_show(getattr(self, f.name))}" for f in fields(self)]
+        """Lines for the start-up banner: secrets shown as '(set)', a database URL without its password."""
+        lines = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                shown = "(set)"
+            elif f.name == "database":
+                shown = redact_url(value)
+            else:
+                shown = _show(value)
+            lines.append(f"{PREFIX}{f.name.upper()}={shown}")
+        return lines
+
+
+SECRET_FIELDS = {"patient_key_secret"}
+
+
+def redact_url(value: str) -> str:
+    """A database URL with its password (and a password= parameter) replaced by '***'."""
+    import re
+
+    if "://" not in value:
+        return value
+    value = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@?#]*):[^@/?#]*@", r"\1:***@", value)
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", value)
 
 
 def _show(value: Any) -> str:

@@ -58,3 +58,23 @@ def assert_outcome(resp, status):
     assert "Traceback" not in text and 'File "' not in text
     assert all(i["severity"] in ("error", "fatal") for i in body["issue"])
     return text
+
+
+# --- a real PostgreSQL server (tests/pg_server.py), started once per test session ------------
+@pytest.fixture(scope="session")
+def pg_server():
+    from tests.pg_server import PgServer
+
+    server = PgServer().init()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server, request):
+    """A fresh, empty database on the session's PostgreSQL server (one per test)."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    return pg_server.create_database(name)

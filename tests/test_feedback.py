@@ -33,7 +33,15 @@ def test_feedback_round_trip_is_stored(app):
     assert resp.status_code == 200
     assert "2 new" in resp.get_json()["issue"][0]["diagnostics"]
     stored = app.extensions["ptsd_cds"].store.feedback(service_id="ptsd-order-select")
-    assert [s["item"] for s in stored] == [ACCEPTED, OVERRIDDEN]
+    # overrideReason.userComment is free text: dropped before storing unless PTSD_CDS_STORE_USER_COMMENTS=on
+    without_comment = {**OVERRIDDEN, "overrideReason": {"reason": OVERRIDDEN["overrideReason"]["reason"]}}
+    assert [s["item"] for s in stored] == [ACCEPTED, without_comment]
+
+
+def test_user_comments_are_kept_only_when_switched_on(make_app):
+    app = make_app(store_user_comments="on")
+    post(app.test_client(), {"feedback": [OVERRIDDEN]})
+    assert [s["item"] for s in app.extensions["ptsd_cds"].store.feedback()] == [OVERRIDDEN]
 
 
 @pytest.mark.spec("FB-05")
@@ -63,7 +71,9 @@ def _write_feedback(path, worker, count):
 
 def test_several_worker_processes_lose_nothing(tmp_path):
     path = str(tmp_path / "shared.sqlite3")
-    Store(path)
+    # Close before forking: a SQLite connection must never be inherited by a child process (a
+    # child that closes it, e.g. by garbage collection, can delete the WAL under the others).
+    Store(path).close()
     procs = [multiprocessing.Process(target=_write_feedback, args=(path, w, 40)) for w in range(4)]
     for p in procs:
         p.start()

@@ -17,15 +17,19 @@ from marshmallow import ValidationError
 
 from cds_service import logs
 from cds_service.app import components
+from cds_service.api.ratelimit import RateLimitExceeded, rate_limited
 from cds_service.auth import ANONYMOUS, AuthenticationError
 from cds_service.errors import ApiError
 from cds_service.json_body import check_content_type, parse_json_body, read_body
 from cds_service.patient_data.gather import gather_record
 from cds_service.schemas.feedback import FeedbackRequestSchema
 from cds_service.schemas.request import CONTEXT_SCHEMAS, HookRequestSchema, flatten_errors
+from cds_service.patient_key import patient_key
 from cds_service.services import SERVICES_BY_ID, ServiceDefinition, discovery_document
+from cds_service.store import IssuedCard, StoreUnavailable
 
 bp = Blueprint("cds", __name__)
+bp.register_error_handler(RateLimitExceeded, rate_limited)  # 429 + Retry-After, an OperationOutcome
 log = logging.getLogger("ptsd_cds.api")
 
 _HOOK_REQUEST = HookRequestSchema()
@@ -108,6 +112,7 @@ def call_service(service_id: str):
     today = c.settings.today or date.today()
     outcome = c.engine.run(service.hook, record, today)
     g.log["cards"] = len(outcome.cards)
+    _record_issued(outcome.cards, service, data, c)
     if outcome.skipped:
         g.log["unreadable"] = outcome.skipped  # resource counts only, no patient data
     if record.missing:
@@ -126,8 +131,17 @@ def feedback(service_id: str):
         data = _FEEDBACK.load(body)
     except ValidationError as exc:
         raise _invalid(exc.messages, "Invalid feedback") from None
-    stored = components().store.save_feedback(service.id, data["feedback"], g.identity.iss)
+    _refuse_unstorable_text(data["feedback"])
     g.log["feedback"] = len(data["feedback"])
+    try:
+        # acknowledged only after the commit; never an acknowledgement when the store cannot take it
+        stored = components().store.save_feedback(service.id, data["feedback"], g.identity.iss,
+                                                  demo=bool(g.get("demo_client", False)))
+    except StoreUnavailable:
+        g.log["store"] = "unavailable"
+        raise ApiError(503, "Feedback cannot be stored right now (the feedback store is unavailable); "
+                            "nothing was stored: retry later", code="transient",
+                       headers={"Retry-After": "5"}) from None
     return jsonify({
         "resourceType": "OperationOutcome",
         "issue": [{
@@ -140,6 +154,46 @@ def feedback(service_id: str):
 
 
 # --- helpers --------------------------------------------------------------------------------
+def _record_issued(cards: list[dict[str, Any]], service: ServiceDefinition, data: dict[str, Any], c) -> None:
+    """Record one IssuedCard per returned card (one INSERT); best-effort: never fails the call."""
+    if not cards:
+        return
+    now = time.time()
+    context = data.get("context") or {}
+    patient_id = context.get("patientId")
+    key = (patient_key(c.patient_key_secret, g.identity.iss, data.get("fhirServer"), patient_id)
+           if patient_id else None)
+    demo = bool(g.get("demo_client", False))
+    try:
+        issued = [IssuedCard(uuid=card["uuid"], topic=card["source"]["topic"]["code"], service_id=service.id,
+                             hook=service.hook, patient_key=key, issued_at=now, demo=demo) for card in cards]
+        c.store.record_issued_cards(issued)
+    except StoreUnavailable:
+        g.log["issued_record"] = "skipped"  # the store is down: cards are served, the record is not kept
+    except Exception as exc:  # noqa: BLE001 - a record must never cost the clinician a card
+        log.error("issued-card record failed: %s", type(exc).__name__)  # no card or patient content
+        g.log["issued_record"] = "failed"
+
+
+def _refuse_unstorable_text(value: Any) -> None:
+    """400 for text no database can keep as sent: a lone surrogate or a NUL character (keys too)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ApiError(400, "Invalid feedback: a string holds a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "Invalid feedback: a string holds a lone UTF-16 surrogate "
+                                "(not valid Unicode)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_unstorable_text(key)
+            _refuse_unstorable_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_unstorable_text(item)
+
+
 def _service(service_id: str) -> ServiceDefinition:
     service = SERVICES_BY_ID.get(service_id)
     if service is None:
