@@ -137,3 +137,18 @@ def test_prefetch_resources_with_malformed_ids_or_types_do_not_fail_the_call(cli
     prefetch["patient"] = {**prefetch["patient"], **junk}
     result = assert_conformant(call(client, "ptsd-patient-view", hook_request("patient-view", prefetch=prefetch)))
     assert "step-1-trauma-focused-psychotherapy" in topics(result)
+
+
+def test_the_sandbox_rx_view_pill_unit_gives_a_daily_dose(client):
+    """The CDS Hooks sandbox's Rx View sends doseQuantity with code {pill}: 1 sertraline 100 mg
+    tablet three times a day is 300 mg/day, above the labelled range (issue #8 point 13)."""
+    order = sertraline()
+    order["medicationCodeableConcept"] = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                      "code": "312938"}]}  # display-less, as some EHRs send
+    order["dosageInstruction"] = [{"doseAndRate": [{"doseQuantity": {
+        "value": 1, "unit": "pill", "system": "http://unitsofmeasure.org", "code": "{pill}"}}],
+        "timing": {"repeat": {"frequency": 3, "period": 1, "periodUnit": "d"}}}]
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[order])
+    result = assert_conformant(call(client, "ptsd-order-sign", body))
+    [card] = result["cards"]
+    assert card["source"]["topic"]["code"] == "dose-out-of-range" and "300 mg/day" in card["summary"]

@@ -11,7 +11,7 @@ Decisions (kept deliberately simple; anything we cannot work out gives ``None``,
   ``Dosage.doseQuantity``. A ``doseRange`` gives its upper end (the most that may be given, for the
   range check) and its low end (what is sure to be given, for trial adequacy). Free-text
   ``Dosage.text`` is not used. An unreadable instruction gives no dose; the order still counts.
-* Units: mg; g (x1000); mcg/ug (/1000). Tablet/capsule units (``tablet``, ``TAB``, ``{tbl}``,
+* Units: mg; g (x1000); mcg/ug (/1000). Tablet/capsule units (``tablet``, ``TAB``, ``{tbl}``, ``{pill}``,
   ``capsule`` ...) and a **unitless** quantity (Synthea writes ``{"value": 1}``) are multiplied by
   the strength parsed from the drug name ("sertraline 50 MG Oral Tablet", "Sertraline 100MG",
   "24 HR venlafaxine 37.5 MG Extended Release Oral Capsule"). mL is multiplied by a concentration in
@@ -40,7 +40,7 @@ PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0
 PERIOD_WORDS = {"s": "second", "min": "minute", "h": "hour", "d": "day", "wk": "week", "mo": "month", "a": "year"}
 MASS_TO_MG = {"mg": 1.0, "milligram": 1.0, "milligrams": 1.0, "g": 1000.0, "gram": 1000.0, "grams": 1000.0,
               "mcg": 0.001, "ug": 0.001, "µg": 0.001, "microgram": 0.001, "micrograms": 0.001}
-UNIT_DOSE = {"tab", "tabs", "tablet", "tablets", "tbl", "cap", "caps", "capsule", "capsules"}
+UNIT_DOSE = {"tab", "tabs", "tablet", "tablets", "tbl", "cap", "caps", "capsule", "capsules", "pill", "pills"}
 VOLUME = {"ml", "milliliter", "milliliters", "millilitre", "millilitres"}
 # Administrations per day named by timing.code words (checked in this order). Alternations of
 # literals between word boundaries: linear in the (capped) text.
