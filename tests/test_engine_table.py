@@ -48,6 +48,8 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "ptsd-resolved.patient-view": [],
     "acute-stress.patient-view": [],
     "ptsd-status-unreadable.patient-view": [],  # PTSD of unknown status: absent for the steps
+    "ptsd-teen.patient-view": [(S1, "info"), (S3, "info")],  # under 18: psychotherapy whatever the course
+    "ptsd-deceased.patient-view": [],  # service rule: no cards for a deceased patient
     # order-select: only selected drafts count
     "ptsd-benzo-therapy.select-lorazepam": [(BENZO, "critical")],
     "ptsd-new.select-sertraline-with-unselected-lorazepam": [],
@@ -58,6 +60,8 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "benzo-no-ptsd.select-mdma": [(MDMA, "critical")],
     "acute-stress.select-lorazepam": [],
     "ptsd-status-unreadable.select-lorazepam": [(BENZO, "warning")],  # unknown status: safe direction
+    "ptsd-teen.select-venlafaxine-450": [(DOSE, "warning")],  # dose checks still apply under 18
+    "ptsd-deceased.select-lorazepam": [],
     # order-sign: every draft counts
     "ptsd-new.sign-sertraline-300-and-prazosin-2": [(DOSE, "warning")],
     "ptsd-new.sign-lorazepam-and-diazepam": [(BENZO, "critical"), (BENZO, "critical")],

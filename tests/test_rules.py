@@ -377,3 +377,35 @@ def test_paroxetine_range_is_for_immediate_release_only(label, fires):
     mg = 10 if "10 MG" in label else (12.5 if "12.5" in label else 62.5)
     draft = msgspec.structs.replace(order("paroxetine", "p1", mg=mg), label=label)
     assert (topics(evaluate_rules("order-sign", facts(drafts=[draft]))) == ["dose-out-of-range"]) is fires
+
+
+# --- patient: age and death (issue #8 points 4 and 5) ----------------------------------------------
+@pytest.mark.parametrize("birth, today, age", [
+    ("2010-05-01", date(2026, 11, 28), 16), ("2008-11-28", date(2026, 11, 28), 18),
+    ("2008-11-29", date(2026, 11, 28), 17), ("2008", date(2026, 11, 28), 17),  # partial: latest day
+    ("2008-11", date(2026, 11, 28), 17), ("not a date", date(2026, 11, 28), None),
+])
+def test_age_from_birth_date_never_overstated(birth, today, age):
+    from cds_service.facts.fhir_read import SkipCounter
+    from cds_service.facts.patient import read_patient
+
+    assert read_patient({"resourceType": "Patient", "birthDate": birth}, today, SkipCounter()).age_years == age
+
+
+def test_under_18_the_step_is_psychotherapy_whatever_was_tried_and_no_drug_is_drafted():
+    from cds_service.rules.next_step import open_steps
+
+    failed = trial(drug("sertraline", mg=100, current=False), adequate=True, failed=True)
+    f = facts(n_sessions=20, trials=[failed], drugs=[failed.drug])
+    f.age_years = 16
+    [step] = [x for x in evaluate_rules("patient-view", f) if x.topic.startswith("step-")]
+    assert step.topic == "step-1-trauma-focused-psychotherapy" and "under-18" in step.flags
+    assert step.values["age"] == "16"
+    assert "step-2-ssri" not in open_steps(f) and "step-4-venlafaxine" not in open_steps(f)
+
+
+def test_a_deceased_patient_gets_no_cards():
+    f = facts(drafts=[order("lorazepam", "o1", mg=1)])
+    assert evaluate_rules("order-sign", f)
+    f.deceased = True
+    assert evaluate_rules("order-sign", f) == [] and evaluate_rules("patient-view", f) == []

@@ -20,6 +20,7 @@ from datetime import date
 from typing import Any, Mapping
 
 from cds_service.facts.conditions import extract_conditions
+from cds_service.facts.patient import read_patient
 from cds_service.facts.fhir_read import SkipCounter, strict_problems
 from cds_service.facts.medications import OrderContext, bridge_refills, extract_draft_drugs, extract_drugs
 from cds_service.facts.model import ClinicalFacts
@@ -67,8 +68,12 @@ def extract_facts(
                            term.thresholds.refill_bridge_days, today)
     draft_drugs, unchecked = extract_draft_drugs(_items(record.draft_orders), _items(record.selections), hook,
                                       medications, term, today, skipped)
+    patient = read_patient(record.patient, today, skipped)
     return ClinicalFacts(
         today=today,
+        age_years=patient.age_years,
+        sex=patient.sex,
+        deceased=patient.deceased,
         ptsd=ptsd,
         ptsd_unknown_status=[c for c in ptsd_all if not c.status_known],
         nightmares=nightmares,

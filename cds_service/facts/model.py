@@ -153,8 +153,16 @@ class ClinicalFacts:
     ssri_trials: list[SsriTrial] = field(default_factory=list)
     # Resources that could not be read (malformed); counted per resourceType, no patient data.
     skipped: dict[str, int] = field(default_factory=dict)
+    # From the Patient resource (None when absent or unreadable: the adult rules apply).
+    age_years: int | None = None
+    sex: str | None = None  # Patient.gender as recorded ("male", "female", "other", "unknown")
+    deceased: bool = False
 
     # --- derived facts the rules use -------------------------------------------------------
+    def under(self, years: int) -> bool:
+        """Known to be younger than ``years`` (no birth date: not)."""
+        return self.age_years is not None and self.age_years < years
+
     @property
     def has_active_ptsd(self) -> bool:
         return bool(self.ptsd)

@@ -16,6 +16,7 @@ What is read, per resource (nothing else is looked at):
   dose), ``dispenseRequest`` (validity period, expected supply duration, repeats).
 * Medication (contained or referenced): ``code``, ``form``, ``ingredient[].itemCodeableConcept``.
 * Procedure: ``id``, ``status``, ``code``, ``performedDateTime``, ``performedPeriod.start``.
+* Patient: ``birthDate``, ``gender``, ``deceasedBoolean``, ``deceasedDateTime``.
 """
 
 from __future__ import annotations
@@ -153,6 +154,13 @@ class ProcedureView(_View):
     performedPeriod: Period | None = None
 
 
-VIEWS = (ConditionView, MedicationRequestView, MedicationView, ProcedureView)
+class PatientView(_View):
+    birthDate: DateTime | None = None
+    gender: String | None = None
+    deceasedBoolean: bool | None = None
+    deceasedDateTime: DateTime | None = None
+
+
+VIEWS = (ConditionView, MedicationRequestView, MedicationView, ProcedureView, PatientView)
 __all__ = [name for name in dir() if not name.startswith("_") and name not in ("Annotated", "Meta",
                                                                                 "Struct", "msgspec")]

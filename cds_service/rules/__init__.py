@@ -29,6 +29,8 @@ def evaluate_rules(hook: str, facts: ClinicalFacts) -> list[Finding]:
     """Every card that applies for this hook call, safety findings first."""
     if hook not in HOOKS:
         raise ValueError(f"unknown hook {hook!r}")
+    if facts.deceased and GUIDELINE.no_cards_when_deceased:
+        return []  # service rule: a deceased patient gets no cards
     findings = [f for rule in safety.SAFETY_RULES for f in rule(hook, facts)]
     if hook == PATIENT_VIEW:
         step = next_step.next_step(facts, hook)

@@ -37,6 +37,8 @@ class Guideline:
     next_step_order: tuple[str, ...]
     independent_steps: tuple[str, ...]
     dose_ranges: dict[str, DoseRange]
+    adult_age_years: int = 18
+    no_cards_when_deceased: bool = True
 
 
 def _need(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -71,7 +73,12 @@ def load_guideline(path: Path = GUIDELINE_FILE) -> Guideline:
             raise GuidelineDataError(f"{where}.not_for_forms must be a list of words")
         ranges[ingredient] = DoseRange(ingredient, low, high, _need(row, "source", str, where), url,
                                        tuple(forms))
-    return Guideline(order, independent, ranges)
+    patient = _need(data, "patient", dict, top)
+    adult = _need(patient, "adult_age_years", int, f"{path.name}: patient")
+    deceased = patient.get("no_cards_when_deceased")
+    if not isinstance(deceased, bool):
+        raise GuidelineDataError(f"{path.name}: patient.no_cards_when_deceased must be true or false")
+    return Guideline(order, independent, ranges, adult, deceased)
 
 
 GUIDELINE = load_guideline()

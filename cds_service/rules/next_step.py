@@ -97,13 +97,15 @@ def _current_antidepressants(facts: ClinicalFacts):
     return current, {"current_drugs": "; ".join(drug_phrase(d) for d in current)}, frozenset(flags)
 
 
-def _psychotherapy(facts: ClinicalFacts, hook: str) -> Finding:
+def _psychotherapy(facts: ClinicalFacts, hook: str, under_age: bool = False) -> Finding:
     return Finding(
         STEP_1, hook, "info",
         conditions=tuple(facts.ptsd),
         sessions=tuple(facts.sessions),
         session_count=facts.session_count,
-        values={"session_count": str(facts.session_count), **ptsd_values(facts)},
+        values={"session_count": str(facts.session_count), **ptsd_values(facts),
+                **({"age": str(facts.age_years)} if under_age else {})},
+        flags=frozenset({"under-18"}) if under_age else frozenset(),
     )
 
 
@@ -184,9 +186,12 @@ if _unknown:  # guideline.toml names a step this module has no rule for
 
 
 def next_step(facts: ClinicalFacts, hook: str) -> Finding | None:
-    """The first step of the ladder that applies (None without active PTSD)."""
+    """The first step of the ladder that applies (None without active PTSD). Under the adult age
+    (guideline.toml ``patient.adult_age_years``) it is always step 1: no drug treatment."""
     if not facts.has_active_ptsd:
         return None
+    if facts.under(GUIDELINE.adult_age_years):
+        return _psychotherapy(facts, hook, under_age=True)
     for topic in GUIDELINE.next_step_order:
         if APPLIES[topic](facts):
             return BUILD[topic](facts, hook)
@@ -202,7 +207,9 @@ def independent_steps(facts: ClinicalFacts, hook: str) -> list[Finding]:
 def open_steps(facts: ClinicalFacts) -> tuple[str, ...]:
     """Every step (ladder and independent) still to do, in step order; the referral step is
     not "open" — it is what follows once nothing else is."""
-    topics = [t for t in GUIDELINE.next_step_order if t != STEP_6] + list(GUIDELINE.independent_steps)
+    ladder = [STEP_1] if facts.under(GUIDELINE.adult_age_years) else \
+        [t for t in GUIDELINE.next_step_order if t != STEP_6]
+    topics = ladder + list(GUIDELINE.independent_steps)
     todo = [t for t in topics if APPLIES[t](facts)]
     return tuple(sorted(todo, key=step_number))
 
