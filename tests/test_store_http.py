@@ -213,3 +213,33 @@ def test_during_a_database_outage_hooks_are_served_and_feedback_is_503(own_pg, m
     after = assert_conformant(call(client, ORDER_SELECT, benzo_request()))
     assert store.issued_card(after["cards"][0]["uuid"]) is not None
     assert store.stats()["reconnects"] == 1
+
+
+def test_replay_check_survives_a_locked_host_cache_during_an_outage(own_pg, tmp_path):
+    """Database down and the host-local file locked: the check falls back to process memory."""
+    import sqlite3
+
+    from cds_service.store import open_store
+
+    fallback = tmp_path / "fallback.sqlite3"
+    store = open_store(Settings().with_overrides({
+        "auth": "off", "database": own_pg.create_database("locked"), "patient_key_secret": SECRET,
+        "replay_fallback": str(fallback)}))
+    try:
+        own_pg.stop("immediate")
+        assert store.remember_jti("iss", "a", time.time() + 60) is True  # host-local file
+        assert store.remember_jti("iss", "a", time.time() + 60) is False
+        blocker = sqlite3.connect(fallback, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # another process holds the file
+        try:
+            started = time.perf_counter()
+            assert store.remember_jti("iss", "b", time.time() + 60) is True
+            assert store.remember_jti("iss", "b", time.time() + 60) is False  # still refused
+            assert time.perf_counter() - started < 3.5  # bounded by the 1 s busy timeout
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        stats = store.stats()
+        assert stats["replay_memory"] == 2 and stats["replay_fallback"] >= 4
+    finally:
+        store.close()

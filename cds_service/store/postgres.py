@@ -59,7 +59,7 @@ class PostgresStore(Store):
         self.timeout = float(timeout)
         self.probe_interval = probe_interval
         self.schema_version: int | None = None
-        self._fallback = SQLiteStore(fallback_path)
+        self._fallback = SQLiteStore(fallback_path, busy_timeout=1.0)  # on the hook path: never wait long
         self._state = threading.Lock()
         self._down_since: float | None = None
         self._prober: threading.Thread | None = None
@@ -360,7 +360,8 @@ class PostgresStore(Store):
 
     def stats(self) -> dict[str, int]:
         with self._state:
-            return dict(self._counters)
+            counters = dict(self._counters)
+        return counters | self._fallback.stats()
 
     def close(self) -> None:
         self._closed.set()

@@ -20,8 +20,8 @@ from typing import Any, Iterable
 
 from cds_service.store import migrations
 from cds_service.store.base import (
-    DAY, FEEDBACK_COLUMNS, FEEDBACK_COUNTS_SQL, ISSUED_COLUMNS, ISSUED_COUNTS_SQL, IssuedCard, Store,
-    StoreUnavailable, feedback_count_dicts, feedback_rows, issued_count_dicts, issued_rows,
+    DAY, FEEDBACK_COLUMNS, FEEDBACK_COUNTS_SQL, ISSUED_COLUMNS, ISSUED_COUNTS_SQL, IssuedCard,
+    MemoryReplayCache, Store, StoreUnavailable, feedback_count_dicts, feedback_rows, issued_count_dicts, issued_rows,
 )
 
 log = logging.getLogger("ptsd_cds.store")
@@ -66,8 +66,11 @@ class SQLiteStore(Store):
     engine = "sqlite"
 
     def __init__(self, path: str | Path, *, store_user_comments: bool = False,
-                 feedback_retention_days: float = 30.0):
+                 feedback_retention_days: float = 30.0, busy_timeout: float = 10.0):
         self.path = str(path)
+        self.busy_timeout = float(busy_timeout)
+        self._memory = MemoryReplayCache()
+        self._memory_claims = 0
         self.store_user_comments = store_user_comments
         self.retention = float(feedback_retention_days) * DAY
         self._local = threading.local()
@@ -82,10 +85,11 @@ class SQLiteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             self._local.conn = conn
         return conn
 
@@ -129,10 +133,16 @@ class SQLiteStore(Store):
         that has already expired is taken over, as if it had been purged).
         """
         now = time.time()
-        claimed = self._write(
-            "INSERT INTO jwt_replay (iss, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (iss, jti)"
-            " DO UPDATE SET expires_at = excluded.expires_at WHERE jwt_replay.expires_at < ?",
-            (iss, jti, float(expires_at), now)) == 1
+        try:
+            claimed = self._write(
+                "INSERT INTO jwt_replay (iss, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (iss, jti)"
+                " DO UPDATE SET expires_at = excluded.expires_at WHERE jwt_replay.expires_at < ?",
+                (iss, jti, float(expires_at), now)) == 1
+        except StoreUnavailable as exc:
+            with self._lock:
+                self._memory_claims += 1
+            log.error("replay check in process memory: the SQLite file cannot be written (%s)", exc)
+            return self._memory.claim(iss, jti, expires_at)
         with self._lock:
             self._claims += 1
             purge_now = self._claims % PURGE_EVERY == 0
@@ -278,7 +288,12 @@ class SQLiteStore(Store):
             available = True
         except StoreUnavailable:
             available = False
-        return {"engine": self.engine, "available": available, "schema_version": self.schema_version}
+        return {"engine": self.engine, "available": available, "schema_version": self.schema_version,
+                **self.stats()}
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"replay_memory": self._memory_claims}  # replay checks answered from process memory
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
