@@ -235,7 +235,7 @@ def test_replay_check_survives_a_locked_host_cache_during_an_outage(own_pg, tmp_
             started = time.perf_counter()
             assert store.remember_jti("iss", "b", time.time() + 60) is True
             assert store.remember_jti("iss", "b", time.time() + 60) is False  # still refused
-            assert time.perf_counter() - started < 3.5  # bounded by the 1 s busy timeout
+            assert time.perf_counter() - started < 5.0  # bounded by the 1 s busy timeout (x2, loaded CI)
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
