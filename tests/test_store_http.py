@@ -243,3 +243,18 @@ def test_replay_check_survives_a_locked_host_cache_during_an_outage(own_pg, tmp_
         assert stats["replay_memory"] == 2 and stats["replay_fallback"] >= 4
     finally:
         store.close()
+
+
+def test_check_config_says_whether_the_postgresql_store_answers(pg_server, monkeypatch, capsys):
+    url = pg_server.create_database("checkcfg")
+    monkeypatch.setenv("PTSD_CDS_AUTH", "off")
+    monkeypatch.setenv("PTSD_CDS_PATIENT_KEY_SECRET", SECRET)
+    monkeypatch.setenv("PTSD_CDS_DATABASE", url)
+    assert cli_main(["check-config"]) == 0
+    assert "reachable; schema version none yet" in capsys.readouterr().out
+    from tests.pg_server import free_port
+
+    monkeypatch.setenv("PTSD_CDS_DATABASE", f"postgresql://ptsd:pw@127.0.0.1:{free_port()}/nothing")
+    assert cli_main(["check-config"]) == 1
+    out = capsys.readouterr().out
+    assert "NOT reachable" in out and ":pw@" not in out
