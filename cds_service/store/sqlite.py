@@ -134,10 +134,10 @@ class SQLiteStore(Store):
         """
         now = time.time()
         try:
-            claimed = self._write(
+            claimed = self._relaxed_write(lambda conn: conn.execute(
                 "INSERT INTO jwt_replay (iss, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (iss, jti)"
                 " DO UPDATE SET expires_at = excluded.expires_at WHERE jwt_replay.expires_at < ?",
-                (iss, jti, float(expires_at), now)) == 1
+                (iss, jti, float(expires_at), now)).rowcount) == 1
         except StoreUnavailable as exc:
             with self._lock:
                 self._memory_claims += 1
@@ -204,26 +204,36 @@ class SQLiteStore(Store):
             return
         sql = (f"INSERT OR IGNORE INTO issued_cards ({', '.join(ISSUED_COLUMNS)})"
                f" VALUES ({', '.join('?' * len(ISSUED_COLUMNS))})")
+        self._relaxed_write(lambda conn: conn.executemany(sql, issued_rows(cards)))
+
+    def _relaxed_write(self, write):
+        """A write on the hook path that need not survive a power cut: no fsync at its commit.
+
+        ``synchronous=NORMAL`` in WAL mode keeps the database consistent and durable across a
+        process crash or kill -9 (the WAL is in the OS cache); only an OS crash or power cut may
+        lose the last transactions. Used for the issued-card record and snoozes (best-effort; a
+        lost snooze shows a card again, the safe direction) and for replay claims (a host that
+        lost power is back after the few minutes a token lives; SECURITY.md). Feedback stays
+        ``FULL``: an acknowledgement means it is on disk. Measured on this machine: an fsync per
+        commit cost 4-9 ms per hook call, without it ~0.1 ms (docs/SCALING.md).
+        Raises StoreUnavailable; returns what ``write(conn)`` returns.
+        """
         try:
-            self._relaxed_write(lambda conn: conn.executemany(sql, issued_rows(cards)))
+            conn = self._connect()
+            conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # all rows in one transaction
+                try:
+                    result = write(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            finally:
+                conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite write failed: {type(exc).__name__}") from None
-
-    def _relaxed_write(self, write) -> None:
-        """A write that need not survive a power cut: committed without waiting for fsync.
-
-        ``synchronous=NORMAL`` in WAL mode keeps the database consistent and loses at most the
-        last transactions on a power cut (not on a process crash). Used for the best-effort
-        records (issued cards, snoozes: a lost snooze shows a card again, the safe direction);
-        feedback and the replay cache stay ``FULL``. Measured: 3 issued-card rows cost ~9 ms
-        with an fsync per call, ~0.1 ms without (docs/SCALING.md).
-        """
-        conn = self._connect()
-        conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            write(conn)  # autocommit: one implicit transaction
-        finally:
-            conn.execute("PRAGMA synchronous=FULL")
+        return result
 
     def issued_card(self, uuid: str) -> IssuedCard | None:
         rows = self._read("SELECT uuid, topic, service_id, hook, patient_key, issued_at, demo FROM issued_cards"
@@ -239,13 +249,10 @@ class SQLiteStore(Store):
 
     # --- snoozes ---------------------------------------------------------------------------
     def add_snooze(self, patient_key: str, topic: str, until: float) -> None:
-        try:
-            self._relaxed_write(lambda conn: conn.execute(
-                "INSERT INTO snoozes (patient_key, topic, until) VALUES (?, ?, ?) ON CONFLICT"
-                " (patient_key, topic) DO UPDATE SET until = MAX(snoozes.until, excluded.until)",
-                (patient_key, topic, float(until))))
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite write failed: {type(exc).__name__}") from None
+        self._relaxed_write(lambda conn: conn.execute(
+            "INSERT INTO snoozes (patient_key, topic, until) VALUES (?, ?, ?) ON CONFLICT"
+            " (patient_key, topic) DO UPDATE SET until = MAX(snoozes.until, excluded.until)",
+            (patient_key, topic, float(until))))
 
     def snoozed_topics(self, patient_key: str, now: float) -> set[str]:
         return {t for (t,) in self._read("SELECT topic FROM snoozes WHERE patient_key = ? AND until > ?",
