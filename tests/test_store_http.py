@@ -204,11 +204,13 @@ def test_during_a_database_outage_hooks_are_served_and_feedback_is_503(own_pg, m
     health = store.health()
     assert health["available"] is False and health["issued_cards_dropped"] >= 1
 
+    time.sleep(5)  # long enough for a pool's own reconnect back-off to grow past several seconds
     own_pg.start()
-    deadline = time.time() + 10
-    while not store.available and time.time() < deadline:
+    back = time.time()
+    while not store.available and time.time() < back + 10:
         time.sleep(0.1)
     assert store.available, "the store did not reconnect by itself"
+    assert time.time() - back < 4.0  # the probe runs every 0.2 s here (1 s by default)
     assert call(client, ORDER_SELECT + "/feedback", feedback_for(before["cards"][0]["uuid"])).status_code == 200
     after = assert_conformant(call(client, ORDER_SELECT, benzo_request()))
     assert store.issued_card(after["cards"][0]["uuid"]) is not None
