@@ -155,6 +155,30 @@ def _check_config() -> int:
     print("configuration OK")
     for line in settings.describe():
         print("  " + line)
+    return _check_store(settings)
+
+
+def _check_store(settings: Settings) -> int:
+    """With PostgreSQL, say whether the database answers (nothing is created or changed)."""
+    from cds_service.store import is_postgres_url
+
+    if not is_postgres_url(settings.database):
+        return 0
+    import psycopg
+
+    from cds_service.config import redact_url
+
+    where = redact_url(settings.database)
+    try:
+        with psycopg.connect(settings.database, connect_timeout=3) as conn:
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone() \
+                if conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] else None
+    except psycopg.Error as exc:
+        print(f"store: PostgreSQL at {where} NOT reachable ({type(exc).__name__}); hook calls would be "
+              "served with the host-local replay cache and feedback would answer 503")
+        return 1
+    version = row[0] if row else None
+    print(f"store: PostgreSQL at {where} reachable; schema version {version or 'none yet (created at start)'}")
     return 0
 
 

@@ -64,7 +64,7 @@ class Settings:
     store_user_comments: str = "off"  # on | off: keep overrideReason.userComment of feedback (free text)
     feedback_retention_days: int = 30  # feedback and issued-card records older than this are purged
     snooze_days: int = 30  # how long a snoozed card stays silent for a patient (issue #8)
-    feedback_rate_limit: str = "120/minute"  # feedback writes per client (token issuer, else address), per instance
+    feedback_rate_limit: str = "120/minute"  # feedback writes per client (token issuer, else address), per worker
     replay_fallback: str = "var/replay-fallback.sqlite3"  # host-local replay cache during a PostgreSQL outage
 
     # --- clinical content -------------------------------------------------------------------

@@ -328,3 +328,27 @@ def test_sqlite_unwritable_database_is_store_unavailable(tmp_path):
     (folder / "db.sqlite3").write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreUnavailable):
         SQLiteStore(folder / "db.sqlite3")
+
+
+def test_overlapping_feedback_batches_from_many_writers_neither_deadlock_nor_duplicate(make_store):
+    """Two instances write the same 40 items in opposite orders at once: all stored once, no error."""
+    items = [accepted(f"c-{i}") for i in range(40)]
+    instances = [make_store(), make_store()]
+    start = threading.Barrier(6)
+    stored, errors = [], []
+
+    def write(n):
+        start.wait()
+        batch = items if n % 2 else list(reversed(items))
+        try:
+            stored.append(instances[n % 2].save_feedback("ptsd-order-sign", batch, None))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and sum(stored) == 40
+    assert len(instances[0].feedback()) == 40

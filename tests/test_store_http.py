@@ -204,12 +204,59 @@ def test_during_a_database_outage_hooks_are_served_and_feedback_is_503(own_pg, m
     health = store.health()
     assert health["available"] is False and health["issued_cards_dropped"] >= 1
 
+    time.sleep(5)  # long enough for a pool's own reconnect back-off to grow past several seconds
     own_pg.start()
-    deadline = time.time() + 10
-    while not store.available and time.time() < deadline:
+    back = time.time()
+    while not store.available and time.time() < back + 10:
         time.sleep(0.1)
     assert store.available, "the store did not reconnect by itself"
+    assert time.time() - back < 4.0  # the probe runs every 0.2 s here (1 s by default)
     assert call(client, ORDER_SELECT + "/feedback", feedback_for(before["cards"][0]["uuid"])).status_code == 200
     after = assert_conformant(call(client, ORDER_SELECT, benzo_request()))
     assert store.issued_card(after["cards"][0]["uuid"]) is not None
     assert store.stats()["reconnects"] == 1
+
+
+def test_replay_check_survives_a_locked_host_cache_during_an_outage(own_pg, tmp_path):
+    """Database down and the host-local file locked: the check falls back to process memory."""
+    import sqlite3
+
+    from cds_service.store import open_store
+
+    fallback = tmp_path / "fallback.sqlite3"
+    store = open_store(Settings().with_overrides({
+        "auth": "off", "database": own_pg.create_database("locked"), "patient_key_secret": SECRET,
+        "replay_fallback": str(fallback)}))
+    try:
+        own_pg.stop("immediate")
+        assert store.remember_jti("iss", "a", time.time() + 60) is True  # host-local file
+        assert store.remember_jti("iss", "a", time.time() + 60) is False
+        blocker = sqlite3.connect(fallback, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # another process holds the file
+        try:
+            started = time.perf_counter()
+            assert store.remember_jti("iss", "b", time.time() + 60) is True
+            assert store.remember_jti("iss", "b", time.time() + 60) is False  # still refused
+            assert time.perf_counter() - started < 5.0  # bounded by the 1 s busy timeout (x2, loaded CI)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        stats = store.stats()
+        assert stats["replay_memory"] == 2 and stats["replay_fallback"] >= 4
+    finally:
+        store.close()
+
+
+def test_check_config_says_whether_the_postgresql_store_answers(pg_server, monkeypatch, capsys):
+    url = pg_server.create_database("checkcfg")
+    monkeypatch.setenv("PTSD_CDS_AUTH", "off")
+    monkeypatch.setenv("PTSD_CDS_PATIENT_KEY_SECRET", SECRET)
+    monkeypatch.setenv("PTSD_CDS_DATABASE", url)
+    assert cli_main(["check-config"]) == 0
+    assert "reachable; schema version none yet" in capsys.readouterr().out
+    from tests.pg_server import free_port
+
+    monkeypatch.setenv("PTSD_CDS_DATABASE", f"postgresql://ptsd:pw@127.0.0.1:{free_port()}/nothing")
+    assert cli_main(["check-config"]) == 1
+    out = capsys.readouterr().out
+    assert "NOT reachable" in out and ":pw@" not in out

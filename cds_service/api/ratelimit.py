@@ -1,11 +1,12 @@
-"""Per-client rate limit on feedback writes (flask-limiter, memory storage, per instance).
+"""Per-client rate limit on feedback writes (flask-limiter, memory storage, per worker process).
 
 Only ``POST /cds-services/{id}/feedback`` is limited. Hook calls are never rate-limited: a 429
 on a hook call would hide a benzodiazepine warning. The key is the token's issuer (one EHR),
 else the remote address when authentication is off. The limit is checked in the view wrapper,
 after authentication, so the issuer is known; a breach answers 429 with ``Retry-After`` and an
-OperationOutcome. Counts are per instance (memory), so behind N instances a client may write
-up to N times the rate; that bounds abuse, which is its purpose (docs/SCALING.md).
+OperationOutcome. Counts are kept in each worker process's memory (no shared limiter storage
+to run or lose), so behind N instances of W workers a client may write up to N x W times the
+rate; that bounds abuse, which is its purpose (docs/SCALING.md).
 """
 
 from __future__ import annotations

@@ -159,12 +159,11 @@ def _record_issued(cards: list[dict[str, Any]], service: ServiceDefinition, data
     if not cards:
         return
     now = time.time()
-    context = data.get("context") or {}
-    patient_id = context.get("patientId")
-    key = (patient_key(c.patient_key_secret, g.identity.iss, data.get("fhirServer"), patient_id)
-           if patient_id else None)
     demo = bool(g.get("demo_client", False))
     try:
+        patient_id = (data.get("context") or {}).get("patientId")
+        key = (patient_key(c.patient_key_secret, g.identity.iss, data.get("fhirServer"), patient_id)
+               if patient_id else None)
         issued = [IssuedCard(uuid=card["uuid"], topic=card["source"]["topic"]["code"], service_id=service.id,
                              hook=service.hook, patient_key=key, issued_at=now, demo=demo) for card in cards]
         c.store.record_issued_cards(issued)

@@ -19,7 +19,8 @@ passed everything else, so a forged token cannot burn a legitimate client's jti)
    not passed and ``iat`` / ``nbf`` not in the future, each with ``settings.jwt_leeway``;
 6. ``exp - iat <= settings.jwt_max_lifetime``; ``jti`` a non-empty string; ``tenant`` (if the
    issuer lists tenants) allowed;
-7. ``store.remember_jti(iss, jti, exp + leeway)``: atomic across workers; False = replay.
+7. ``store.remember_jti(iss, jti, exp + leeway)``: atomic across workers, and across instances with
+   the PostgreSQL store (cds_service/store/); False = replay.
 """
 
 from __future__ import annotations

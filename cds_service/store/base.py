@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -96,6 +99,36 @@ def issued_rows(cards: Iterable[IssuedCard]) -> list[tuple]:
 
 
 ISSUED_COLUMNS = ("uuid", "topic", "service_id", "hook", "patient_key", "issued_at", "issued_week", "demo")
+
+
+class MemoryReplayCache:
+    """The last resort of the replay check: this process's memory, when no database can be written.
+
+    Used only when the SQLite file itself fails (disk full, a lock held past its timeout), or, with
+    PostgreSQL, when the database and the host-local file both fail. Refusing every authenticated
+    hook call then would hide every warning; accepting every token would drop replay protection.
+    This keeps it per process (a replay to another worker is possible meanwhile), bounded in size
+    (the oldest entries go first), and counted. Hand-written: a dict with expiry is all it is.
+    """
+
+    def __init__(self, max_entries: int = 100_000):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def claim(self, iss: str, jti: str, expires_at: float) -> bool:
+        now = time.time()
+        with self._lock:
+            seen = self._entries.get((iss, jti))
+            if seen is not None and seen >= now:
+                return False
+            self._entries[(iss, jti)] = float(expires_at)
+            if len(self._entries) > self.max_entries:
+                for key in [k for k, exp in self._entries.items() if exp < now]:
+                    del self._entries[key]
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+            return True
 
 
 class Store:

@@ -59,7 +59,7 @@ class PostgresStore(Store):
         self.timeout = float(timeout)
         self.probe_interval = probe_interval
         self.schema_version: int | None = None
-        self._fallback = SQLiteStore(fallback_path)
+        self._fallback = SQLiteStore(fallback_path, busy_timeout=1.0)  # on the hook path: never wait long
         self._state = threading.Lock()
         self._down_since: float | None = None
         self._prober: threading.Thread | None = None
@@ -115,6 +115,9 @@ class PostgresStore(Store):
         try:
             with self._pool.connection() as conn:
                 yield conn
+        except psycopg.errors.TransactionRollback as exc:  # deadlock or serialization: not an outage
+            log.warning("PostgreSQL %s during %s", type(exc).__name__, what)
+            raise StoreUnavailable(f"PostgreSQL {type(exc).__name__} during {what}") from None
         except UNAVAILABLE as exc:
             self._trip(exc)
             raise StoreUnavailable(f"PostgreSQL unavailable during {what}: {type(exc).__name__}") from None
@@ -230,6 +233,7 @@ class PostgresStore(Store):
         rows = feedback_rows(service_id, items, client_iss, demo, time.time(), self.store_user_comments)
         if not rows:
             return 0
+        rows.sort(key=lambda row: row[0])  # one key order for every writer: overlapping batches cannot deadlock
         one = "(" + ", ".join(["%s"] * len(FEEDBACK_COLUMNS)) + ")"
         sql = (f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES {', '.join([one] * len(rows))}"
                " ON CONFLICT (item_hash) DO NOTHING")
@@ -360,7 +364,8 @@ class PostgresStore(Store):
 
     def stats(self) -> dict[str, int]:
         with self._state:
-            return dict(self._counters)
+            counters = dict(self._counters)
+        return counters | self._fallback.stats()
 
     def close(self) -> None:
         self._closed.set()

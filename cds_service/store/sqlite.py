@@ -20,8 +20,8 @@ from typing import Any, Iterable
 
 from cds_service.store import migrations
 from cds_service.store.base import (
-    DAY, FEEDBACK_COLUMNS, FEEDBACK_COUNTS_SQL, ISSUED_COLUMNS, ISSUED_COUNTS_SQL, IssuedCard, Store,
-    StoreUnavailable, feedback_count_dicts, feedback_rows, issued_count_dicts, issued_rows,
+    DAY, FEEDBACK_COLUMNS, FEEDBACK_COUNTS_SQL, ISSUED_COLUMNS, ISSUED_COUNTS_SQL, IssuedCard,
+    MemoryReplayCache, Store, StoreUnavailable, feedback_count_dicts, feedback_rows, issued_count_dicts, issued_rows,
 )
 
 log = logging.getLogger("ptsd_cds.store")
@@ -66,8 +66,11 @@ class SQLiteStore(Store):
     engine = "sqlite"
 
     def __init__(self, path: str | Path, *, store_user_comments: bool = False,
-                 feedback_retention_days: float = 30.0):
+                 feedback_retention_days: float = 30.0, busy_timeout: float = 10.0):
         self.path = str(path)
+        self.busy_timeout = float(busy_timeout)
+        self._memory = MemoryReplayCache()
+        self._memory_claims = 0
         self.store_user_comments = store_user_comments
         self.retention = float(feedback_retention_days) * DAY
         self._local = threading.local()
@@ -82,10 +85,11 @@ class SQLiteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             self._local.conn = conn
         return conn
 
@@ -129,10 +133,16 @@ class SQLiteStore(Store):
         that has already expired is taken over, as if it had been purged).
         """
         now = time.time()
-        claimed = self._write(
-            "INSERT INTO jwt_replay (iss, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (iss, jti)"
-            " DO UPDATE SET expires_at = excluded.expires_at WHERE jwt_replay.expires_at < ?",
-            (iss, jti, float(expires_at), now)) == 1
+        try:
+            claimed = self._relaxed_write(lambda conn: conn.execute(
+                "INSERT INTO jwt_replay (iss, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT (iss, jti)"
+                " DO UPDATE SET expires_at = excluded.expires_at WHERE jwt_replay.expires_at < ?",
+                (iss, jti, float(expires_at), now)).rowcount) == 1
+        except StoreUnavailable as exc:
+            with self._lock:
+                self._memory_claims += 1
+            log.error("replay check in process memory: the SQLite file cannot be written (%s)", exc)
+            return self._memory.claim(iss, jti, expires_at)
         with self._lock:
             self._claims += 1
             purge_now = self._claims % PURGE_EVERY == 0
@@ -194,26 +204,36 @@ class SQLiteStore(Store):
             return
         sql = (f"INSERT OR IGNORE INTO issued_cards ({', '.join(ISSUED_COLUMNS)})"
                f" VALUES ({', '.join('?' * len(ISSUED_COLUMNS))})")
+        self._relaxed_write(lambda conn: conn.executemany(sql, issued_rows(cards)))
+
+    def _relaxed_write(self, write):
+        """A write on the hook path that need not survive a power cut: no fsync at its commit.
+
+        ``synchronous=NORMAL`` in WAL mode keeps the database consistent and durable across a
+        process crash or kill -9 (the WAL is in the OS cache); only an OS crash or power cut may
+        lose the last transactions. Used for the issued-card record and snoozes (best-effort; a
+        lost snooze shows a card again, the safe direction) and for replay claims (a host that
+        lost power is back after the few minutes a token lives; SECURITY.md). Feedback stays
+        ``FULL``: an acknowledgement means it is on disk. Measured on this machine: an fsync per
+        commit cost 4-9 ms per hook call, without it ~0.1 ms (docs/SCALING.md).
+        Raises StoreUnavailable; returns what ``write(conn)`` returns.
+        """
         try:
-            self._relaxed_write(lambda conn: conn.executemany(sql, issued_rows(cards)))
+            conn = self._connect()
+            conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # all rows in one transaction
+                try:
+                    result = write(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            finally:
+                conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite write failed: {type(exc).__name__}") from None
-
-    def _relaxed_write(self, write) -> None:
-        """A write that need not survive a power cut: committed without waiting for fsync.
-
-        ``synchronous=NORMAL`` in WAL mode keeps the database consistent and loses at most the
-        last transactions on a power cut (not on a process crash). Used for the best-effort
-        records (issued cards, snoozes: a lost snooze shows a card again, the safe direction);
-        feedback and the replay cache stay ``FULL``. Measured: 3 issued-card rows cost ~9 ms
-        with an fsync per call, ~0.1 ms without (docs/SCALING.md).
-        """
-        conn = self._connect()
-        conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            write(conn)  # autocommit: one implicit transaction
-        finally:
-            conn.execute("PRAGMA synchronous=FULL")
+        return result
 
     def issued_card(self, uuid: str) -> IssuedCard | None:
         rows = self._read("SELECT uuid, topic, service_id, hook, patient_key, issued_at, demo FROM issued_cards"
@@ -229,13 +249,10 @@ class SQLiteStore(Store):
 
     # --- snoozes ---------------------------------------------------------------------------
     def add_snooze(self, patient_key: str, topic: str, until: float) -> None:
-        try:
-            self._relaxed_write(lambda conn: conn.execute(
-                "INSERT INTO snoozes (patient_key, topic, until) VALUES (?, ?, ?) ON CONFLICT"
-                " (patient_key, topic) DO UPDATE SET until = MAX(snoozes.until, excluded.until)",
-                (patient_key, topic, float(until))))
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite write failed: {type(exc).__name__}") from None
+        self._relaxed_write(lambda conn: conn.execute(
+            "INSERT INTO snoozes (patient_key, topic, until) VALUES (?, ?, ?) ON CONFLICT"
+            " (patient_key, topic) DO UPDATE SET until = MAX(snoozes.until, excluded.until)",
+            (patient_key, topic, float(until))))
 
     def snoozed_topics(self, patient_key: str, now: float) -> set[str]:
         return {t for (t,) in self._read("SELECT topic FROM snoozes WHERE patient_key = ? AND until > ?",
@@ -278,7 +295,12 @@ class SQLiteStore(Store):
             available = True
         except StoreUnavailable:
             available = False
-        return {"engine": self.engine, "available": available, "schema_version": self.schema_version}
+        return {"engine": self.engine, "available": available, "schema_version": self.schema_version,
+                **self.stats()}
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"replay_memory": self._memory_claims}  # replay checks answered from process memory
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
