@@ -53,6 +53,10 @@ class Settings:
     fhir_total_budget: float = 4.0  # seconds for all FHIR fetching of one hook call
     fhir_max_pages: int = 20  # next-links followed per query
     fhir_max_response: int = 20 * 1024 * 1024  # bytes per FHIR response
+    # bytes of all FHIR responses of one hook call together (issue #11: memory per call is bounded)
+    fhir_max_total_bytes: int = 128 * 1024 * 1024
+    # resources of all FHIR responses of one hook call together (a 10,000-resource record is 1/5)
+    fhir_max_resources: int = 50_000
     fhir_max_workers: int = 4  # concurrent FHIR queries per hook call
 
     # --- clinical content -------------------------------------------------------------------
@@ -106,7 +110,7 @@ class Settings:
         if self.public_url and not self.public_url.startswith(("https://", "http://")):
             raise bad("public_url", "must be an absolute http(s) URL")
         for name in ("max_body", "max_json_depth", "jwt_max_lifetime", "fhir_max_pages",
-                     "fhir_max_response", "fhir_max_workers"):
+                     "fhir_max_response", "fhir_max_workers", "fhir_max_total_bytes", "fhir_max_resources"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be a positive number")
         for name in ("fhir_connect_timeout", "fhir_read_timeout", "fhir_total_budget"):
