@@ -37,6 +37,10 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)  # "*" or a list of exact origins
     max_body: int = 10 * 1024 * 1024  # bytes; larger request bodies get 413
     max_json_depth: int = 64  # deepest nesting accepted in a request body
+    # `ptsd-cds serve`: nginx in front of gunicorn (auto: when installed; required in production)
+    proxy: str = "auto"  # auto | nginx | off (off: only behind another buffering reverse proxy)
+    request_header_timeout: float = 10.0  # seconds to receive request line and headers (then 408)
+    request_body_timeout: float = 10.0  # seconds between two reads of a request body (then 408)
 
     # --- client authentication (JWT) --------------------------------------------------------
     trusted_issuers: str | None = None  # path to the trusted-issuer JSON file
@@ -107,6 +111,11 @@ class Settings:
             raise bad("env", "must be 'production' or 'development'")
         if self.auth not in ("required", "off"):
             raise bad("auth", "must be 'required' or 'off'")
+        if self.proxy not in ("auto", "nginx", "off"):
+            raise bad("proxy", "must be 'auto', 'nginx' or 'off'")
+        for name in ("request_header_timeout", "request_body_timeout"):
+            if not 0 < getattr(self, name) <= 300:
+                raise bad(name, "must be between 0 and 300 seconds")
         if self.public_url and not self.public_url.startswith(("https://", "http://")):
             raise bad("public_url", "must be an absolute http(s) URL")
         for name in ("max_body", "max_json_depth", "jwt_max_lifetime", "fhir_max_pages",
