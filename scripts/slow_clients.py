@@ -67,6 +67,8 @@ class SlowClients:
                 continue
             try:
                 self._trickle(sock, mode, end)
+            except (ConnectionResetError, BrokenPipeError):
+                self._closed("reset")
             except OSError:
                 pass
             finally:
@@ -95,10 +97,13 @@ class SlowClients:
                 continue
             # The server answered (e.g. 408) or closed: count it and reconnect.
             word = data.split(b" ", 2)[1].decode(errors="replace") if data.startswith(b"HTTP/") else "closed"
-            with self.lock:
-                self.closed_by_server += 1
-                self.answers[word] = self.answers.get(word, 0) + 1
+            self._closed(word)
             return
+
+    def _closed(self, how: str) -> None:
+        with self.lock:
+            self.closed_by_server += 1
+            self.answers[how] = self.answers.get(how, 0) + 1
 
     def start(self) -> "SlowClients":
         for i in range(self.n):

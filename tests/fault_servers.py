@@ -78,6 +78,11 @@ class FaultHandler(BaseHTTPRequestHandler):
     def mode_ok(self, parts) -> None:
         self._json(self._ok_resource(parts))
 
+    def mode_slow_ok(self, parts) -> None:
+        """A correct answer after ``server.slow_ok_delay`` seconds (an in-flight call to drain)."""
+        self.server.stop.wait(self.server.slow_ok_delay)
+        self.mode_ok(parts)
+
     def mode_slow_first_byte(self, parts) -> None:
         self.server.stop.wait(TRICKLE_FOR)
         self.mode_ok(parts)
@@ -164,6 +169,7 @@ class FaultServer(ThreadingHTTPServer):
         self.hits: list[str] = []
         self.jwks_doc: dict = {"keys": []}
         self.jwks_trickle = threading.Event()
+        self.slow_ok_delay = 1.5
         self.port = self.server_address[1]
         if tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
