@@ -122,7 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
                             header_timeout=settings.request_header_timeout,
                             body_timeout=settings.request_body_timeout)
         try:
-            state["nginx"] = nginx.NginxProxy(conf, run_dir)
+            state["nginx"] = nginx.NginxProxy(conf, run_dir, listen=args.bind)
             state["nginx"].start()
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             print(f"ptsd-cds: nginx could not start: {exc}", file=sys.stderr, flush=True)

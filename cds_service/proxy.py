@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -69,13 +70,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 class NginxProxy:
     """One nginx master process, restarted if it dies (at most ``max_restarts`` times)."""
 
-    def __init__(self, conf_text: str, run_dir: str, *, binary: str | None = None, max_restarts: int = 5):
+    def __init__(self, conf_text: str, run_dir: str, *, listen: str | None = None, binary: str | None = None,
+                 max_restarts: int = 5):
         self.binary = binary or nginx_binary()
         if not self.binary:
             raise RuntimeError("nginx is not installed")
         self.run_dir = Path(run_dir)
         self.conf = self.run_dir / "nginx.conf"
         self.conf.write_text(conf_text, encoding="utf-8")
+        self.listen = listen  # HOST:PORT that start() waits for
         self.proc: subprocess.Popen | None = None
         self.max_restarts = max_restarts
         self._stopping = threading.Event()
@@ -94,17 +97,34 @@ class NginxProxy:
         check = subprocess.run(self._args() + ["-t", "-q"], capture_output=True, text=True, timeout=30)
         if check.returncode != 0:
             raise RuntimeError(f"nginx configuration refused: {check.stderr.strip()[-500:]}")
-        self._spawn()
         pid_file = self.run_dir / "nginx.pid"
+        pid_file.unlink(missing_ok=True)  # `nginx -t` leaves an empty one behind
+        self._spawn()
         end = time.monotonic() + wait
-        while time.monotonic() < end:
+        while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nginx exited at start (status {self.proc.returncode})")
-            if pid_file.exists():
+            if pid_file.exists() and pid_file.read_text().strip() and self._listening():
                 break
+            if time.monotonic() > end:
+                self.stop()
+                raise RuntimeError("nginx did not start listening in time")
             time.sleep(0.05)
         self._watcher = threading.Thread(target=self._watch, name="nginx-watch", daemon=True)
         self._watcher.start()
+
+    def _listening(self) -> bool:
+        if not self.listen:
+            return True
+        host, _, port = self.listen.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        if host in ("0.0.0.0", "::", "*"):
+            host = "127.0.0.1" if host != "::" else "::1"
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def _watch(self) -> None:
         restarts = 0

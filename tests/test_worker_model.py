@@ -252,7 +252,7 @@ def test_two_instances_behind_nginx(tmp_path):
     run_dir = nginx.make_run_dir()
     conf = nginx.render(listen=f"127.0.0.1:{port}", upstreams=[base1[7:], base2[7:]], run_dir=run_dir,
                         max_body=10 * 1024 * 1024, header_timeout=2, body_timeout=2)
-    front = nginx.NginxProxy(conf, run_dir)
+    front = nginx.NginxProxy(conf, run_dir, listen=f"127.0.0.1:{port}")
     front.start()
     base = f"http://127.0.0.1:{port}"
     try:
