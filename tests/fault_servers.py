@@ -162,6 +162,7 @@ class FaultHandler(BaseHTTPRequestHandler):
 
 class FaultServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # many concurrent queries: no SYN dropped by a short backlog
 
     def __init__(self, tls: tuple[Path, Path] | None = None):
         super().__init__(("127.0.0.1", 0), FaultHandler)

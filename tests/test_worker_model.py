@@ -35,6 +35,11 @@ BENZO = json.dumps(hook_request("order-select", prefetch=full_prefetch(condition
                                 drafts=[lorazepam()]))
 
 
+# The slow-but-correct FHIR server must fit in the budget even on a loaded CI machine.
+SLOW_FHIR_OK = {"PTSD_CDS_FHIR_TOTAL_BUDGET": "8", "PTSD_CDS_FHIR_READ_TIMEOUT": "6",
+                "PTSD_CDS_FHIR_CONNECT_TIMEOUT": "2"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -181,8 +186,8 @@ def test_a_stalled_body_or_one_idle_byte_is_closed_after_the_timeout(served):
 
 def test_sigterm_drains_in_flight_calls(tmp_path):
     fhir = FaultServer().start()
-    fhir.slow_ok_delay = 2.0
-    proc, base, _ = start_serve(tmp_path, "drain")
+    fhir.slow_ok_delay = 1.5
+    proc, base, _ = start_serve(tmp_path, "drain", extra=SLOW_FHIR_OK)
     try:
         body = json.dumps(hook_request("patient-view", fhir_server=fhir.base("slow-ok")))
         results = []
@@ -211,7 +216,7 @@ def test_sigterm_drains_in_flight_calls(tmp_path):
 def test_a_killed_worker_is_replaced_without_failing_calls_on_the_other(tmp_path):
     fhir = FaultServer().start()
     fhir.slow_ok_delay = 2.5
-    proc, base, _ = start_serve(tmp_path, "kill", threads=1)
+    proc, base, _ = start_serve(tmp_path, "kill", threads=1, extra=SLOW_FHIR_OK)
     try:
         before = gunicorn_workers(proc.pid)
         assert len(before) == 2
