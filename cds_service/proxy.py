@@ -68,10 +68,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 class NginxProxy:
-    """One nginx master process, restarted if it dies (at most ``max_restarts`` times)."""
+    """One nginx master process, restarted (with a back-off) if it exits."""
 
-    def __init__(self, conf_text: str, run_dir: str, *, listen: str | None = None, binary: str | None = None,
-                 max_restarts: int = 5):
+    def __init__(self, conf_text: str, run_dir: str, *, listen: str | None = None, binary: str | None = None):
         self.binary = binary or nginx_binary()
         if not self.binary:
             raise RuntimeError("nginx is not installed")
@@ -80,7 +79,6 @@ class NginxProxy:
         self.conf.write_text(conf_text, encoding="utf-8")
         self.listen = listen  # HOST:PORT that start() waits for
         self.proc: subprocess.Popen | None = None
-        self.max_restarts = max_restarts
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -127,15 +125,35 @@ class NginxProxy:
             return False
 
     def _watch(self) -> None:
-        restarts = 0
+        """Restart nginx when it exits, backing off (1, 2, 4 ... 30 s between attempts).
+
+        A master killed with SIGKILL leaves its worker serving the port until it dies; the new
+        master cannot bind until then, so attempts go on (with the back-off) rather than stop.
+        """
+        try:
+            self._restart_loop()
+        finally:
+            # PR_SET_PDEATHSIG fires when the *thread* that spawned nginx ends: this thread lives
+            # until a nginx it restarted has finished its graceful stop.
+            if self.proc is not None:
+                try:
+                    self.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    pass
+
+    def _restart_loop(self) -> None:
+        failures = 0
         while not self._stopping.wait(0.5):
-            if self.proc is not None and self.proc.poll() is not None and not self._stopping.is_set():
-                if restarts >= self.max_restarts:
-                    log.error("nginx keeps exiting (status %s); not restarted again", self.proc.returncode)
-                    return
-                restarts += 1
-                log.error("nginx exited (status %s); restarting it", self.proc.returncode)
-                self._spawn()
+            if self.proc is None or self.proc.poll() is None:
+                if self.proc is not None and failures and self._listening():
+                    failures = 0
+                continue
+            delay = min(30.0, 2.0 ** failures)
+            failures += 1
+            log.error("nginx exited (status %s); restarting it in %g s", self.proc.returncode, delay)
+            if self._stopping.wait(delay):
+                return
+            self._spawn()
 
     def stop(self, timeout: float = 15.0) -> None:
         """Graceful: SIGQUIT lets nginx finish the requests it is serving."""

@@ -249,6 +249,31 @@ def test_a_killed_worker_is_replaced_without_failing_calls_on_the_other(tmp_path
         fhir.close()
 
 
+def test_a_killed_nginx_is_restarted(tmp_path):
+    proc, base, log = start_serve(tmp_path, "nginx-kill")
+    try:
+        master = [p for p, cmd in children(proc.pid) if "nginx: master" in cmd]
+        assert len(master) == 1
+        workers = [p for p, _ in children(master[0])]
+        os.kill(master[0], signal.SIGKILL)
+        for w in workers:  # a killed master's workers would keep the port; kill them too
+            os.kill(w, signal.SIGKILL)
+        end = time.monotonic() + 15
+        healthy = False
+        while time.monotonic() < end and not healthy:
+            time.sleep(0.3)
+            try:
+                healthy = requests.get(base + "/healthz", timeout=1).status_code == 200
+            except requests.RequestException:
+                pass
+        assert healthy, log.read_text()[-2000:]
+        now = [p for p, cmd in children(proc.pid) if "nginx: master" in cmd]
+        assert len(now) == 1 and now != master
+        assert post_benzo(base).status_code == 200
+    finally:
+        stop(proc)
+
+
 # --- two instances behind nginx (issue #10 item 7) ----------------------------------------------
 def test_two_instances_behind_nginx(tmp_path):
     one, base1, log1 = start_serve(tmp_path, "inst1", proxy="off", workers=1, threads=1)

@@ -235,7 +235,6 @@ class JwksFetcher:
     def __init__(self, session: requests.Session | None = None, *, timeout=FETCH_TIMEOUT,
                  max_bytes: int = MAX_JWKS_BYTES):
         self.session = session or requests.Session()
-        self.session.trust_env = False
         for prefix in ("https://", "http://"):
             self.session.mount(prefix, DeadlineAdapter())
         self.timeout = timeout

@@ -6,9 +6,12 @@ Contract used by ``cds_service.patient_data.fhir_client``:
   ``socket.getaddrinfo`` (the default) so tests can map test host names to test addresses.
 * ``policy.check_fhir_server(fhir_server, identity)`` raises ``FhirServerRefused`` (HTTP 400)
   before any connection is made when the server is not allowed for the caller. It does no DNS.
-* ``policy.get_json(session, url, base=fhir_server, token=..., timeout=(connect, read))``
-  returns the parsed JSON object, or raises ``FhirFetchError`` (the hook then answers 412 if
-  the data was required). ``FhirAddressRefused`` is a ``FhirFetchError``.
+* ``policy.get_json(session, url, base=fhir_server, token=..., timeout=(connect, read),
+  deadline=None, max_bytes=None)`` returns the parsed JSON object, or raises ``FhirFetchError``
+  (the hook then answers 412 if the data was required). ``FhirAddressRefused`` is a
+  ``FhirFetchError``. ``deadline`` (``time.monotonic()``) bounds the whole call from connect to
+  last byte, headers included (``http_body.CallDeadline``); ``get_json_sized`` also returns the
+  body's size (for the per-call totals of ``FhirClient``).
 * ``policy.new_session()`` gives a ``requests.Session`` with the guarded adapter mounted;
   ``get_json`` mounts it on any session it is handed, so either way every connection is checked.
 
