@@ -150,6 +150,7 @@ def tls_server(tmp_path_factory):
 
 def _jwks_source(server, *, refresh_interval=0.0, ttl=3600.0, timeout=(0.5, 1.0)) -> UrlKeySource:
     session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE of the machine would override verify
     session.verify = str(server.cert)
     fetcher = JwksFetcher(session, timeout=timeout)
     return UrlKeySource(f"https://127.0.0.1:{server.port}/jwks/keys.json", fetcher, ttl=ttl,
