@@ -201,3 +201,56 @@ def test_trickling_jwks_does_not_delay_tokens_with_cached_keys(tls_server):
     finally:
         tls_server.jwks_trickle.clear()
     assert source.wait_idle(5)
+
+
+def test_hook_calls_with_cached_keys_are_not_delayed_by_a_trickling_jwks(tls_server, tmp_path, monkeypatch):
+    """End to end: the app with authentication required, an issuer whose keys come from a
+    (local, TLS) jwks_url. A token with a made-up kid makes the JWKS trickle; valid tokens keep
+    being answered at once, and the made-up one ends with a 401 within the fetch budget."""
+    import uuid
+
+    from cds_service import create_app
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_server.cert))  # how an operator trusts a private CA
+    key = ec.generate_private_key(ec.SECP384R1())
+    jwk = {**jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1", "use": "sig"}
+    tls_server.jwks_doc = {"keys": [jwk]}
+    iss = "https://ehr.example.org"
+    issuers = tmp_path / "issuers.json"
+    issuers.write_text(json.dumps({"issuers": [
+        {"iss": iss, "jwks_url": f"https://127.0.0.1:{tls_server.port}/jwks/keys.json"}]}))
+    app = create_app({"auth": "required", "trusted_issuers": str(issuers), "public_url": "https://cds.example.org",
+                      "database": str(tmp_path / "db.sqlite3"), "today": "2026-11-28", "jwks_refresh_interval": 0})
+    client = app.test_client()
+    body = json.dumps(hook_request("order-select", prefetch={"patient": None, "conditions": None,
+                                                            "medications": None, "procedures": None},
+                                   drafts=[lorazepam()]))
+
+    def token(kid: str) -> str:
+        now = int(time.time())
+        return jwt.encode({"iss": iss, "aud": "https://cds.example.org/cds-services/ptsd-order-select",
+                           "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}, key, algorithm="ES384",
+                          headers={"kid": kid, "typ": "JWT"})
+
+    def hook(kid: str):
+        return client.post("/cds-services/ptsd-order-select", data=body, content_type="application/json",
+                           headers={"Authorization": f"Bearer {token(kid)}"})
+
+    assert hook("k1").status_code == 200  # keys fetched and cached
+    tls_server.jwks_trickle.set()
+    try:
+        results = []
+        attacker = threading.Thread(target=lambda: results.append((hook("made-up").status_code, time.monotonic())))
+        t0 = time.monotonic()
+        attacker.start()
+        time.sleep(0.3)
+        for _ in range(10):
+            t1 = time.monotonic()
+            assert hook("k1").status_code == 200
+            assert time.monotonic() - t1 < 0.5  # not waiting on the trickling fetch
+        attacker.join(20)
+        status, ended = results[0]
+        assert status == 401
+        assert ended - t0 < 8.0 + 2 * SLACK  # JWKS fetch budget: connect 3 s + read 5 s
+    finally:
+        tls_server.jwks_trickle.clear()
