@@ -7,6 +7,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+# nginx in front of gunicorn (`ptsd-cds serve`): slow clients never hold a worker thread (issue #11).
+RUN apt-get update && apt-get install -y --no-install-recommends nginx && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY cds_service ./cds_service
 COPY cards ./cards
@@ -25,4 +27,4 @@ USER ptsd
 EXPOSE 8080
 VOLUME ["/data"]
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"
-CMD ["gunicorn", "-c", "python:cds_service.gunicorn_conf", "cds_service:create_app()"]
+CMD ["ptsd-cds", "serve"]

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run run-sandbox-auth test bench spec-coverage check-config evaluate clean
+.PHONY: install run run-sandbox-auth test bench spec-coverage check-config evaluate clean fuzz soak
 
 install: $(STAMP)
 
@@ -25,6 +25,14 @@ run-sandbox-auth: $(STAMP)
 ## Run the test suite.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## Longer hypothesis fuzzing of hook and feedback requests (the suite runs 150 examples per property).
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-3000} FUZZ_RANDOM=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+
+## Soak: every hook, bad requests and feedback at a steady rate with 50 slow clients (SOAK_SECONDS=120).
+soak: $(STAMP)
+	$(BIN)/python scripts/soak.py --seconds $${SOAK_SECONDS:-120}
 
 ## Measure latency and throughput (prints figures; never part of `make test`).
 bench: $(STAMP)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
 from datetime import date
 from pathlib import Path
@@ -123,6 +126,34 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gunicorn.app.base import BaseApplication
 
+    proxy = _proxy_plan(settings)
+    state: dict = {}
+
+    def when_ready(server) -> None:  # gunicorn hook, in the arbiter once it listens
+        if not proxy:
+            return
+        from cds_service import proxy as nginx
+
+        upstreams = ["%s:%d" % lst.sock.getsockname()[:2] for lst in server.LISTENERS]
+        run_dir = nginx.make_run_dir()
+        conf = nginx.render(listen=args.bind, upstreams=upstreams, run_dir=run_dir, max_body=settings.max_body,
+                            header_timeout=settings.request_header_timeout,
+                            body_timeout=settings.request_body_timeout)
+        try:
+            state["nginx"] = nginx.NginxProxy(conf, run_dir, listen=args.bind)
+            state["nginx"].start()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            print(f"ptsd-cds: nginx could not start: {exc}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        print(f"ptsd-cds: nginx on {args.bind} in front of gunicorn on {', '.join(upstreams)}",
+              file=sys.stderr, flush=True)
+
+    def on_exit(server) -> None:  # gunicorn hook: workers have drained their calls
+        if "nginx" in state:
+            state["nginx"].stop()
+            shutil.rmtree(state["nginx"].run_dir, ignore_errors=True)
+
     class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
             from cds_service import gunicorn_conf
@@ -130,8 +161,11 @@ def _serve(args: argparse.Namespace) -> int:
             for name in dir(gunicorn_conf):
                 if name in self.cfg.settings:
                     self.cfg.set(name, getattr(gunicorn_conf, name))
-            self.cfg.set("bind", [args.bind])
+            # Behind nginx, gunicorn listens on a free loopback port (reported in when_ready).
+            self.cfg.set("bind", ["127.0.0.1:0"] if proxy else [args.bind])
             self.cfg.set("workers", args.workers)
+            self.cfg.set("when_ready", when_ready)
+            self.cfg.set("on_exit", on_exit)
 
         def load(self):
             from cds_service import create_app
@@ -140,6 +174,24 @@ def _serve(args: argparse.Namespace) -> int:
 
     _Gunicorn().run()
     return 0
+
+
+def _proxy_plan(settings: Settings) -> bool:
+    """Whether ``serve`` puts nginx in front (ConfigError when it must and cannot)."""
+    from cds_service.proxy import nginx_binary
+
+    if settings.proxy == "off":
+        print("ptsd-cds: PTSD_CDS_PROXY=off - gunicorn faces clients directly; slow clients can hold its "
+              "threads. Only behind another buffering reverse proxy (docs/RELIABILITY.md).", file=sys.stderr)
+        return False
+    if nginx_binary():
+        return True
+    if settings.proxy == "nginx" or not settings.development:
+        raise ConfigError("PTSD_CDS_PROXY: nginx is not installed; install it (the image has it) or set "
+                          "PTSD_CDS_PROXY=off behind another buffering reverse proxy")
+    print("ptsd-cds: nginx not installed - development run without the proxy (slow clients can hold "
+          "gunicorn threads; docs/RELIABILITY.md)", file=sys.stderr)
+    return False
 
 
 def _check_config() -> int:

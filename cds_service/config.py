@@ -38,6 +38,10 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)  # "*" or a list of exact origins
     max_body: int = 10 * 1024 * 1024  # bytes; larger request bodies get 413
     max_json_depth: int = 64  # deepest nesting accepted in a request body
+    # `ptsd-cds serve`: nginx in front of gunicorn (auto: when installed; required in production)
+    proxy: str = "auto"  # auto | nginx | off (off: only behind another buffering reverse proxy)
+    request_header_timeout: float = 10.0  # seconds to receive request line and headers (then 408)
+    request_body_timeout: float = 10.0  # seconds between two reads of a request body (then 408)
 
     # --- client authentication (JWT) --------------------------------------------------------
     trusted_issuers: str | None = None  # path to the trusted-issuer JSON file
@@ -54,6 +58,10 @@ class Settings:
     fhir_total_budget: float = 4.0  # seconds for all FHIR fetching of one hook call
     fhir_max_pages: int = 20  # next-links followed per query
     fhir_max_response: int = 20 * 1024 * 1024  # bytes per FHIR response
+    # bytes of all FHIR responses of one hook call together (issue #11: memory per call is bounded)
+    fhir_max_total_bytes: int = 128 * 1024 * 1024
+    # resources of all FHIR responses of one hook call together (a 10,000-resource record is 1/5)
+    fhir_max_resources: int = 50_000
     fhir_max_workers: int = 4  # concurrent FHIR queries per hook call
 
     # --- the store (docs/SCALING.md) --------------------------------------------------------
@@ -123,10 +131,15 @@ class Settings:
             raise bad("demo", "must be 'on' or 'off'")
         if self.demo_service_url and not re.match(r"^https?://[^/\s?#]+/?$", self.demo_service_url):
             raise bad("demo_service_url", "must be an origin like http://127.0.0.1:8080 (no path)")
+        if self.proxy not in ("auto", "nginx", "off"):
+            raise bad("proxy", "must be 'auto', 'nginx' or 'off'")
+        for name in ("request_header_timeout", "request_body_timeout"):
+            if not 0 < getattr(self, name) <= 300:
+                raise bad(name, "must be between 0 and 300 seconds")
         if self.public_url and not self.public_url.startswith(("https://", "http://")):
             raise bad("public_url", "must be an absolute http(s) URL")
         for name in ("max_body", "max_json_depth", "jwt_max_lifetime", "fhir_max_pages",
-                     "fhir_max_response", "fhir_max_workers"):
+                     "fhir_max_response", "fhir_max_workers", "fhir_max_total_bytes", "fhir_max_resources"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be a positive number")
         for name in ("fhir_connect_timeout", "fhir_read_timeout", "fhir_total_budget"):

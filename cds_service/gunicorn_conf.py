@@ -3,6 +3,11 @@
 Threads per worker, because a hook call may wait on the client's FHIR server; every worker shares
 the SQLite database (feedback, JWT replay cache). Override with gunicorn's own variables
 (``GUNICORN_CMD_ARGS``, ``WEB_CONCURRENCY``) or PTSD_CDS_BIND / PTSD_CDS_WORKERS.
+
+In production gunicorn is never exposed by itself: ``ptsd-cds serve`` puts nginx in front
+(``cds_service/proxy.py``), which reads each request whole before a gthread thread sees it, so
+slow or idle clients cannot hold these threads (issue #11, docs/RELIABILITY.md). ``keepalive``
+(5 s) stays above nginx's upstream ``keepalive_timeout`` (4 s).
 """
 
 import os

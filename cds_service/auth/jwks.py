@@ -3,10 +3,13 @@
 * ``StaticKeySource``: keys written inline in the trusted-issuer file.
 * ``FileKeySource``: a JWKS file; re-read when it changes (mtime/size), so keys rotate without
   a restart. A file that becomes invalid keeps the last good keys (and logs an error).
-* ``UrlKeySource``: a JWKS fetched over HTTPS (timeouts, size cap, no redirects), cached for
-  ``settings.jwks_cache_ttl`` seconds and re-fetched once on an unknown ``kid``. Every fetch
-  attempt, scheduled or forced, is rate-limited by ``settings.jwks_refresh_interval`` so a
-  flood of tokens with made-up ``kid`` values cannot make us hammer the issuer.
+* ``UrlKeySource``: a JWKS fetched over HTTPS (one deadline from connect to last byte, headers
+  included; size cap; no redirects), cached for ``settings.jwks_cache_ttl`` seconds and
+  re-fetched once on an unknown ``kid``. Every fetch attempt, scheduled or forced, is
+  rate-limited by ``settings.jwks_refresh_interval`` so a flood of tokens with made-up ``kid``
+  values cannot make us hammer the issuer. Fetches run outside the source's lock, at most one
+  in flight per URL: while one runs (or trickles), tokens whose key is cached are verified at
+  once (issue #11, finding 4); a TTL refresh runs in the background while cached keys serve.
 
 Only public signature keys are accepted: EC (P-256/384/521), RSA (>= 2048 bits) and OKP
 (Ed25519/Ed448). Symmetric (``oct``) keys and anything holding private-key members are refused.
@@ -28,7 +31,7 @@ import requests
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
-from cds_service.http_body import BodyTimedOut, BodyTooLarge, read_capped
+from cds_service.http_body import BodyTimedOut, BodyTooLarge, CallDeadline, DeadlineAdapter, read_capped
 
 log = logging.getLogger("ptsd_cds.auth")
 
@@ -232,36 +235,46 @@ class JwksFetcher:
     def __init__(self, session: requests.Session | None = None, *, timeout=FETCH_TIMEOUT,
                  max_bytes: int = MAX_JWKS_BYTES):
         self.session = session or requests.Session()
+        for prefix in ("https://", "http://"):
+            self.session.mount(prefix, DeadlineAdapter())
         self.timeout = timeout
         self.max_bytes = max_bytes
+
+    @property
+    def budget(self) -> float:
+        """Seconds one fetch may take, connect to last byte."""
+        return float(sum(self.timeout))
 
     def fetch(self, url: str) -> KeySet:
         if not url.startswith("https://"):
             raise JwksError("JWKS URLs must use https")
-        try:
-            resp = self.session.get(
-                url,
-                headers={"Accept": "application/jwk-set+json, application/json"},
-                timeout=self.timeout,
-                allow_redirects=False,
-                stream=True,
-            )
-        except requests.Timeout:
-            raise JwksError(f"{url}: timed out") from None
-        except requests.RequestException as exc:
-            raise JwksError(f"{url}: unreachable ({type(exc).__name__})") from None
-        try:
-            if resp.status_code != 200:
-                raise JwksError(f"{url}: HTTP {resp.status_code} (redirects are not followed)")
-            body = read_capped(resp, self.max_bytes, deadline=time.monotonic() + sum(self.timeout))
-        except BodyTooLarge:
-            raise JwksError(f"{url}: larger than {self.max_bytes} bytes") from None
-        except BodyTimedOut:
-            raise JwksError(f"{url}: still sending after {sum(self.timeout):g} s") from None
-        except requests.RequestException as exc:
-            raise JwksError(f"{url}: could not be read ({type(exc).__name__})") from None
-        finally:
-            resp.close()
+        with CallDeadline(time.monotonic() + self.budget) as guard:
+            try:
+                resp = self.session.get(
+                    url,
+                    headers={"Accept": "application/jwk-set+json, application/json"},
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                    stream=True,
+                )
+            except (requests.RequestException, OSError, ValueError) as exc:
+                if guard.fired.is_set():
+                    raise JwksError(f"{url}: still sending its headers after {self.budget:g} s") from None
+                if isinstance(exc, requests.Timeout):
+                    raise JwksError(f"{url}: timed out") from None
+                raise JwksError(f"{url}: unreachable ({type(exc).__name__})") from None
+            try:
+                if resp.status_code != 200:
+                    raise JwksError(f"{url}: HTTP {resp.status_code} (redirects are not followed)")
+                body = read_capped(resp, self.max_bytes)
+            except BodyTooLarge:
+                raise JwksError(f"{url}: larger than {self.max_bytes} bytes") from None
+            except BodyTimedOut:
+                raise JwksError(f"{url}: still sending after {self.budget:g} s") from None
+            except requests.RequestException as exc:
+                raise JwksError(f"{url}: could not be read ({type(exc).__name__})") from None
+            finally:
+                resp.close()
         try:
             doc = json.loads(body)
         except (ValueError, RecursionError):
@@ -284,21 +297,35 @@ class UrlKeySource:
         self._keys: KeySet | None = None
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last attempt, successful or not
+        self._inflight: threading.Event | None = None  # set when the running fetch ends
         self.fetch_count = 0  # attempts (for tests and diagnostics)
 
     def _may_attempt(self, now: float) -> bool:
         return self._attempted_at is None or now - self._attempted_at >= self.refresh_interval
 
-    def _refresh(self, now: float) -> None:
+    def _begin(self, now: float) -> threading.Event:
+        """Mark a fetch in flight (caller holds the lock)."""
         self._attempted_at = now
         self.fetch_count += 1
+        self._inflight = threading.Event()
+        return self._inflight
+
+    def _fetch(self, done: threading.Event, started: float) -> None:
+        """Run one fetch without holding the lock, then publish its keys."""
         try:
             keys = self.fetcher.fetch(self.url)
         except JwksError as exc:
             log.warning("JWKS fetch failed: %s", exc)
-            return
-        self._keys = keys
-        self._fetched_at = now
+            keys = None
+        except Exception as exc:  # never leave the in-flight marker set
+            log.error("JWKS fetch failed unexpectedly: %s", type(exc).__name__)
+            keys = None
+        with self._lock:
+            if keys is not None:
+                self._keys = keys
+                self._fetched_at = started
+            self._inflight = None
+        done.set()
 
     def _current(self, now: float) -> KeySet | None:
         if self._keys is None or self._fetched_at is None:
@@ -308,17 +335,37 @@ class UrlKeySource:
         return self._keys
 
     def lookup(self, kid: str, alg: str) -> VerificationKey | None:
+        fetch_here: threading.Event | None = None
         with self._lock:
             now = self.clock()
             expired = self._fetched_at is None or now - self._fetched_at >= self.ttl
-            if expired and self._may_attempt(now):
-                self._refresh(now)
             key = find_key(self._current(now), kid, alg)
-            if key is None and self._may_attempt(now):
-                # Unknown kid: the issuer may have rotated its keys. Re-fetch once.
-                self._refresh(now)
-                key = find_key(self._current(now), kid, alg)
-            return key
+            if key is not None:
+                if expired and self._inflight is None and self._may_attempt(now):
+                    # Refresh in the background; the cached key serves this call meanwhile.
+                    done = self._begin(now)
+                    threading.Thread(target=self._fetch, args=(done, now), name="jwks-refresh",
+                                     daemon=True).start()
+                return key
+            # Unknown kid (or nothing cached): the issuer may have rotated its keys.
+            if self._inflight is not None:
+                waiting = self._inflight  # someone is fetching: wait for it, do not fetch again
+            elif self._may_attempt(now):
+                waiting = fetch_here = self._begin(now)
+            else:
+                return None
+        if fetch_here is not None:
+            self._fetch(fetch_here, now)
+        else:
+            waiting.wait(self.fetcher.budget + 1.0)
+        with self._lock:
+            return find_key(self._current(self.clock()), kid, alg)
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no fetch is in flight (tests, shutdown). True when idle."""
+        with self._lock:
+            inflight = self._inflight
+        return inflight is None or inflight.wait(timeout)
 
     @property
     def available(self) -> bool:

@@ -7,6 +7,7 @@ hook call; it is never logged or stored.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,15 @@ class Deadline:
 
 
 class FhirClient:
+    """One hook call's queries to one FHIR server.
+
+    Besides the time budget (``Deadline``), the call as a whole may read at most
+    ``settings.fhir_max_total_bytes`` body bytes and ``settings.fhir_max_resources`` resources
+    across all its FHIR responses (finding 6 of issue #11: 20 pages of 19 MiB took a worker to
+    780 MB). Each response is read with a cap of what is left of the total, so with
+    ``fhir_max_workers`` queries in flight at most that many partial responses overshoot.
+    """
+
     def __init__(self, base: str, *, token: str | None, policy: OutboundPolicy, settings,
                  deadline: Deadline, session: requests.Session | None = None):
         self.base = base.rstrip("/") + "/"
@@ -45,6 +55,9 @@ class FhirClient:
         self.deadline = deadline
         self.session = session or requests.Session()
         self.session.trust_env = False  # no proxies or .netrc credentials from the environment
+        self._count_lock = threading.Lock()
+        self.bytes_read = 0
+        self.resources_read = 0
 
     def __repr__(self) -> str:  # never show the token
         return f"FhirClient(base={self.base!r})"
@@ -57,13 +70,36 @@ class FhirClient:
 
     def get(self, url: str) -> Resource:
         absolute = urljoin(self.base, url)
-        return self.policy.get_json(self.session, absolute, base=self.base, token=self._token,
-                                    timeout=self._timeout(), deadline=self.deadline.expires)
+        max_total = self.settings.fhir_max_total_bytes
+        with self._count_lock:
+            left = max_total - self.bytes_read
+        if left <= 0:
+            raise FhirFetchError("FHIR responses of this call exceed PTSD_CDS_FHIR_MAX_TOTAL_BYTES", size_exceeded=True)
+        data, size = self.policy.get_json_sized(self.session, absolute, base=self.base, token=self._token,
+                                                timeout=self._timeout(), deadline=self.deadline.expires,
+                                                max_bytes=left)
+        with self._count_lock:
+            self.bytes_read += size
+            over = self.bytes_read > max_total
+        if over:
+            raise FhirFetchError("FHIR responses of this call exceed PTSD_CDS_FHIR_MAX_TOTAL_BYTES", size_exceeded=True)
+        return data
+
+    def count_resources(self, n: int) -> None:
+        """Add ``n`` resources read from the server; FhirFetchError past ``fhir_max_resources``."""
+        with self._count_lock:
+            self.resources_read += n
+            over = self.resources_read > self.settings.fhir_max_resources
+        if over:
+            raise FhirFetchError(f"more than {self.settings.fhir_max_resources} resources from the FHIR server "
+                                 "in one call (PTSD_CDS_FHIR_MAX_RESOURCES)", size_exceeded=True)
 
     def read(self, relative: str) -> Resource | None:
         """A FHIR read (``Patient/123``); None when the server says 404/410 (no such resource)."""
         try:
-            return self.get(relative)
+            resource = self.get(relative)
+            self.count_resources(1)
+            return resource
         except FhirFetchError as exc:
             if exc.status in (404, 410):
                 return None
@@ -85,7 +121,9 @@ class FhirClient:
             if bundle.get("resourceType") != "Bundle":
                 raise FhirFetchError("FHIR search did not answer with a Bundle")
             pages += 1
-            resources.extend(bundle_resources(bundle))
+            found = bundle_resources(bundle)
+            self.count_resources(len(found))
+            resources.extend(found)
             next_url = next_link(bundle)
             if not next_url:
                 return SearchResult(resources, pages)

@@ -6,9 +6,12 @@ Contract used by ``cds_service.patient_data.fhir_client``:
   ``socket.getaddrinfo`` (the default) so tests can map test host names to test addresses.
 * ``policy.check_fhir_server(fhir_server, identity)`` raises ``FhirServerRefused`` (HTTP 400)
   before any connection is made when the server is not allowed for the caller. It does no DNS.
-* ``policy.get_json(session, url, base=fhir_server, token=..., timeout=(connect, read))``
-  returns the parsed JSON object, or raises ``FhirFetchError`` (the hook then answers 412 if
-  the data was required). ``FhirAddressRefused`` is a ``FhirFetchError``.
+* ``policy.get_json(session, url, base=fhir_server, token=..., timeout=(connect, read),
+  deadline=None, max_bytes=None)`` returns the parsed JSON object, or raises ``FhirFetchError``
+  (the hook then answers 412 if the data was required). ``FhirAddressRefused`` is a
+  ``FhirFetchError``. ``deadline`` (``time.monotonic()``) bounds the whole call from connect to
+  last byte, headers included (``http_body.CallDeadline``); ``get_json_sized`` also returns the
+  body's size (for the per-call totals of ``FhirClient``).
 * ``policy.new_session()`` gives a ``requests.Session`` with the guarded adapter mounted;
   ``get_json`` mounts it on any session it is handed, so either way every connection is checked.
 
@@ -41,6 +44,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
@@ -53,7 +57,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as urllib3_connection
 
 from cds_service.config import ConfigError
-from cds_service.http_body import BodyTimedOut, BodyTooLarge, read_capped
+from cds_service.http_body import BodyTimedOut, BodyTooLarge, CallDeadline, DeadlinePoolMixin, read_capped
 
 Resolver = Callable[..., list]
 
@@ -68,9 +72,10 @@ class FhirFetchError(Exception):
     ``status`` is the FHIR server's HTTP status when it answered with an error, else None.
     """
 
-    def __init__(self, message: str, *, status: int | None = None):
+    def __init__(self, message: str, *, status: int | None = None, size_exceeded: bool = False):
         super().__init__(message)
         self.status = status
+        self.size_exceeded = size_exceeded
 
 
 class FhirAddressRefused(FhirFetchError):
@@ -301,8 +306,10 @@ class GuardedAdapter(HTTPAdapter):
         http_conn = type("GuardedHTTPConnection", (_GuardMixin, HTTPConnection), {"_ptsd_policy": policy})
         https_conn = type("GuardedHTTPSConnection", (_GuardMixin, HTTPSConnection), {"_ptsd_policy": policy})
         self.poolmanager.pool_classes_by_scheme = {
-            "http": type("GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
-            "https": type("GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}),
+            "http": type("GuardedHTTPConnectionPool", (DeadlinePoolMixin, HTTPConnectionPool),
+                         {"ConnectionCls": http_conn}),
+            "https": type("GuardedHTTPSConnectionPool", (DeadlinePoolMixin, HTTPSConnectionPool),
+                          {"ConnectionCls": https_conn}),
         }
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any):  # noqa: ARG002
@@ -411,7 +418,17 @@ class OutboundPolicy:
                     session.mount(prefix, GuardedAdapter(self))
 
     def get_json(self, session: requests.Session, url: str, *, base: str, token: str | None,
-                 timeout: tuple[float, float], deadline: float | None = None) -> dict:
+                 timeout: tuple[float, float], deadline: float | None = None,
+                 max_bytes: int | None = None) -> dict:
+        return self.get_json_sized(session, url, base=base, token=token, timeout=timeout,
+                                   deadline=deadline, max_bytes=max_bytes)[0]
+
+    def get_json_sized(self, session: requests.Session, url: str, *, base: str, token: str | None,
+                       timeout: tuple[float, float], deadline: float | None = None,
+                       max_bytes: int | None = None) -> tuple[dict, int]:
+        """``get_json`` plus the number of body bytes read. ``deadline`` (``time.monotonic()``)
+        bounds the whole call, connect to last byte (default: now + connect + read timeout);
+        ``max_bytes`` lowers the per-response cap (what is left of the call's total)."""
         try:
             base_url = parse_url(base)
             target = parse_url(url, allow_query=True)
@@ -432,36 +449,45 @@ class OutboundPolicy:
         headers = {"Accept": "application/fhir+json, application/json"}
         if token and same_origin(url, base):
             headers["Authorization"] = f"Bearer {token}"
-        cap = self.settings.fhir_max_response
-        try:
-            resp = session.get(url, headers=headers, timeout=timeout, allow_redirects=False,
-                               stream=True, proxies=dict(_NO_PROXIES))
-        except FhirFetchError:
-            raise
-        except requests.Timeout:
-            raise FhirFetchError("FHIR server timed out") from None
-        except requests.RequestException as exc:
-            raise FhirFetchError(f"FHIR server unreachable ({type(exc).__name__})") from None
-        try:
-            if 300 <= resp.status_code < 400:
-                raise FhirFetchError(f"FHIR server answered with a redirect (HTTP {resp.status_code}); not followed",
-                                     status=resp.status_code)
-            if resp.status_code != 200:
-                raise FhirFetchError(f"FHIR server answered HTTP {resp.status_code}", status=resp.status_code)
+        cap = self.settings.fhir_max_response if max_bytes is None else min(max_bytes, self.settings.fhir_max_response)
+        if deadline is None:
+            deadline = time.monotonic() + sum(timeout)
+        # One deadline from connect to the last byte, status line and headers included.
+        with CallDeadline(deadline) as guard:
             try:
-                body = read_capped(resp, cap, self.CHUNK, deadline=deadline)
-            except BodyTooLarge:
-                raise FhirFetchError("FHIR response too large") from None
-            except BodyTimedOut:
-                raise FhirFetchError("FHIR response still arriving when the time budget ran out") from None
-            except requests.RequestException as exc:
-                raise FhirFetchError(f"FHIR response could not be read ({type(exc).__name__})") from None
-        finally:
-            resp.close()
+                resp = session.get(url, headers=headers, timeout=timeout, allow_redirects=False,
+                                   stream=True, proxies=dict(_NO_PROXIES))
+            except FhirFetchError:
+                raise
+            except (requests.RequestException, OSError, ValueError) as exc:
+                if guard.fired.is_set():
+                    raise FhirFetchError("FHIR server still sending its response headers when the time "
+                                         "budget ran out") from None
+                if isinstance(exc, requests.Timeout):
+                    raise FhirFetchError("FHIR server timed out") from None
+                raise FhirFetchError(f"FHIR server unreachable ({type(exc).__name__})") from None
+            try:
+                if 300 <= resp.status_code < 400:
+                    raise FhirFetchError(f"FHIR server answered with a redirect (HTTP {resp.status_code}); "
+                                         "not followed", status=resp.status_code)
+                if resp.status_code != 200:
+                    raise FhirFetchError(f"FHIR server answered HTTP {resp.status_code}", status=resp.status_code)
+                try:
+                    body = read_capped(resp, cap, self.CHUNK)
+                except BodyTooLarge:
+                    raise FhirFetchError("FHIR response too large" if cap == self.settings.fhir_max_response
+                                         else "FHIR responses of this call exceed PTSD_CDS_FHIR_MAX_TOTAL_BYTES",
+                                         size_exceeded=True) from None
+                except BodyTimedOut:
+                    raise FhirFetchError("FHIR response still arriving when the time budget ran out") from None
+                except requests.RequestException as exc:
+                    raise FhirFetchError(f"FHIR response could not be read ({type(exc).__name__})") from None
+            finally:
+                resp.close()
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):
             raise FhirFetchError("FHIR server answered with something that is not JSON") from None
         if not isinstance(data, dict):
             raise FhirFetchError("FHIR server answered with JSON that is not a resource")
-        return data
+        return data, len(body)
