@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run run-sandbox-auth test bench spec-coverage check-config evaluate clean
+.PHONY: install run run-sandbox-auth test bench spec-coverage check-config check-reference evaluate clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ bench: $(STAMP)
 
 spec-coverage: $(STAMP)
 	$(BIN)/python scripts/spec_coverage.py
+
+## Compare reference/ (the in-repo copies of reference data) with the shared folder: make check-reference SHARED=../shared
+SHARED ?= ../shared
+check-reference:
+	$(PYTHON) scripts/check_reference.py --shared $(SHARED)
 
 check-config: $(STAMP)
 	$(BIN)/ptsd-cds check-config
