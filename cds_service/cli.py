@@ -3,6 +3,10 @@
     ptsd-cds serve [--dev] [--bind HOST:PORT] [--workers N]
     ptsd-cds check-config
     ptsd-cds evaluate REQUEST.json [--today YYYY-MM-DD]
+    ptsd-cds --version
+
+Every error is one line on stderr naming what is wrong (a setting, a file), never a traceback;
+the exit status is 2 for configuration errors and 1 for a request that cannot be evaluated.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from cds_service import startup
 from cds_service.config import ConfigError, Settings
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 
-SANDBOX_ISSUER = "https://sandbox.cds-hooks.org"
+SANDBOX_ISSUER = startup.SANDBOX_ISSUER
 
 # What ``make run`` means by "embedded defaults": only variables that are not set are filled in.
 DEVELOPMENT_DEFAULTS = {
@@ -31,14 +36,20 @@ DEVELOPMENT_DEFAULTS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        self.exit(2, f"{self.prog}: {message} (see {self.prog.split()[0]} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ptsd-cds", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="ptsd-cds", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"ptsd-cds {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = sub.add_parser("serve", help="run the service under gunicorn")
     serve.add_argument("--dev", action="store_true", help="development defaults (what `make run` uses)")
-    serve.add_argument("--bind", default=os.environ.get("PTSD_CDS_BIND", "127.0.0.1:8080"))
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("PTSD_CDS_WORKERS", "2")))
+    serve.add_argument("--bind", help="HOST:PORT (default PTSD_CDS_BIND, else 127.0.0.1:8080)")
+    serve.add_argument("--workers", type=int, help="worker processes (default PTSD_CDS_WORKERS, else 2)")
 
     sub.add_parser("check-config", help="validate the PTSD_CDS_* settings and exit")
 
@@ -56,37 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ptsd-cds: configuration error: {exc}", file=sys.stderr)
         return 2
+    except startup.StartupError as exc:
+        print(f"ptsd-cds: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: still one line (the type and message), never a traceback
+        print(f"ptsd-cds: unexpected error: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+        return 1
 
 
-def _issuer_lines(settings: Settings) -> list[str]:
-    """Trusted issuers as the authenticator sees them (also validates the file and its keys)."""
-    if not settings.auth_required:
-        return []
-    from cds_service.auth.jwt_auth import JwtAuthenticator
-    from cds_service.store import Store
-
-    return JwtAuthenticator(settings, Store(":memory:")).describe()
+_issuer_lines = startup.issuer_lines
 
 
 def _banner(settings: Settings, bind: str, issuers: list[str] | None = None) -> str:
-    lines = [f"ptsd-cds {_version()} on http://{bind}  (discovery: http://{bind}/cds-services)"]
-    if settings.development:
-        lines.append("DEVELOPMENT SETTINGS - not for patient data:")
-    lines += ["  " + line for line in settings.describe()]
-    if settings.auth_required:
-        lines.append("Client authentication: REQUIRED (signed JWT from a trusted issuer on every call)")
-        lines += ["  trusted: " + line for line in issuers or []]
-        if any(SANDBOX_ISSUER in line for line in issuers or []):
-            lines.append(f"!! Trusting the CDS Hooks sandbox ({SANDBOX_ISSUER}), whose private key is "
-                         "public: DEVELOPMENT ONLY, never with real patient data !!")
-        if not settings.public_url:
-            lines.append("Note: PTSD_CDS_PUBLIC_URL is not set, so the JWT aud is checked against the Host "
-                         "header of each call; set it to the external base URL in production (SECURITY.md)")
-    else:
-        lines.append("!! Client authentication: OFF (PTSD_CDS_AUTH=off) - any caller is accepted. "
-                     "DEVELOPMENT AND TESTS ONLY. PTSD_CDS_AUTH=required make run verifies JWTs "
-                     "(trusting the CDS Hooks sandbox) !!")
-    return "\n".join(lines)
+    return "\n".join(startup.banner(settings, bind, issuers or []))
 
 
 def _version() -> str:
@@ -99,9 +94,14 @@ def _serve(args: argparse.Namespace) -> int:
     if args.dev:
         for key, value in DEVELOPMENT_DEFAULTS.items():
             os.environ.setdefault(key, value)
-    settings = Settings.from_env()
-    settings.validate()
-    print(_banner(settings, args.bind, _issuer_lines(settings)), file=sys.stderr, flush=True)
+    if args.bind:
+        os.environ["PTSD_CDS_BIND"] = args.bind
+    if args.workers is not None:
+        os.environ["PTSD_CDS_WORKERS"] = str(args.workers)
+    # The same checks and banner as the image's own gunicorn start (gunicorn_hooks.on_starting,
+    # which then sees they were done and stays quiet).
+    print("\n".join(startup.run_checks()), file=sys.stderr, flush=True)
+    proc = startup.check_settings()[1]
 
     from gunicorn.app.base import BaseApplication
 
@@ -112,8 +112,8 @@ def _serve(args: argparse.Namespace) -> int:
             for name in dir(gunicorn_conf):
                 if name in self.cfg.settings:
                     self.cfg.set(name, getattr(gunicorn_conf, name))
-            self.cfg.set("bind", [args.bind])
-            self.cfg.set("workers", args.workers)
+            self.cfg.set("bind", [proc["bind"]])
+            self.cfg.set("workers", proc["workers"])
 
         def load(self):
             from cds_service import create_app
@@ -125,15 +125,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config() -> int:
-    settings = Settings.from_env()
-    settings.validate()
-    for line in _issuer_lines(settings):  # loads and checks the trusted issuers and their keys
+    settings, _ = startup.check_settings()
+    for line in startup.check_content(settings):  # trusted issuers and keys, card content, FHIR servers
         print("trusted issuer: " + line)
     from cds_service.engine import Engine
-    from cds_service.patient_data.outbound import OutboundPolicy
 
-    OutboundPolicy(settings)  # checks PTSD_CDS_FHIR_SERVERS
     Engine(settings)  # loads and checks card content and terminology
+    for line in startup.warnings(settings):
+        print(line, file=sys.stderr)
     print("configuration OK")
     for line in settings.describe():
         print("  " + line)
@@ -150,7 +149,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from cds_service.auth import ANONYMOUS
 
-    raw = sys.stdin.read() if str(args.request) == "-" else args.request.read_text(encoding="utf-8")
+    try:
+        raw = sys.stdin.read() if str(args.request) == "-" else args.request.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"ptsd-cds: cannot read {args.request}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except UnicodeDecodeError:
+        print(f"ptsd-cds: {args.request} is not UTF-8 text", file=sys.stderr)
+        return 1
     try:
         body = json.loads(raw)
         data = HookRequestSchema().load(body)
@@ -161,6 +167,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 1
     overrides = {"auth": "off"} if "PTSD_CDS_AUTH" not in os.environ else {}
     settings = Settings.from_env().with_overrides(overrides)
+    from cds_service.card_content import CardContentError
+
+    try:
+        engine = Engine(settings)
+    except CardContentError as exc:
+        raise startup.StartupError(f"card content error (PTSD_CDS_CARDS_DIR={settings.cards_dir}): "
+                                   f"{str(exc).splitlines()[0]}") from None
     try:
         policy = OutboundPolicy(settings)
         record = gather_record(data, identity=ANONYMOUS, settings=settings, policy=policy,
@@ -169,7 +182,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"ptsd-cds: {exc.message}", file=sys.stderr)
         return 1
     today = args.today or settings.today or date.today()
-    cards = Engine(settings).evaluate(data["hook"], record, today)
+    cards = engine.evaluate(data["hook"], record, today)
     json.dump({"cards": cards}, sys.stdout, indent=2, ensure_ascii=False)
     print()
     return 0

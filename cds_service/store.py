@@ -37,6 +37,10 @@ CREATE INDEX IF NOT EXISTS jwt_replay_expiry ON jwt_replay (expires_at);
 """
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be reached or used right now (the caller answers 503, retry later)."""
+
+
 class Store:
     """Thread-safe access to the service database (one connection per thread)."""
 
@@ -62,8 +66,15 @@ class Store:
     def save_feedback(self, service_id: str, items: Iterable[dict[str, Any]], client_iss: str | None) -> int:
         """Store feedback items in one transaction; repeats of an identical item are kept once.
 
-        Returns the number of items newly stored.
+        Returns the number of items newly stored. Raises StoreUnavailable when the database
+        cannot be opened or written (nothing was stored; the caller answers 503).
         """
+        try:
+            return self._save_feedback(service_id, items, client_iss)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite: {type(exc).__name__}") from None
+
+    def _save_feedback(self, service_id: str, items: Iterable[dict[str, Any]], client_iss: str | None) -> int:
         conn = self._connect()
         now = time.time()
         stored = 0
@@ -119,6 +130,22 @@ class Store:
             (iss, jti, expires_at),
         )
         return cur.rowcount == 1
+
+    # --- readiness -------------------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers a query now."""
+        try:
+            self._connect().execute("SELECT 1 FROM feedback LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite: {type(exc).__name__}") from None
+
+    def health(self) -> dict[str, Any]:
+        """What /readyz shows about the store (no secrets, no patient data)."""
+        try:
+            self.ping()
+        except StoreUnavailable as exc:
+            return {"engine": "sqlite", "available": False, "error": str(exc)}
+        return {"engine": "sqlite", "available": True}
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -57,8 +57,21 @@ class FhirClient:
 
     def get(self, url: str) -> Resource:
         absolute = urljoin(self.base, url)
-        return self.policy.get_json(self.session, absolute, base=self.base, token=self._token,
-                                    timeout=self._timeout(), deadline=self.deadline.expires)
+        # Optional per-call statistics (count, time, errors) that the HTTP layer attaches to the
+        # session it hands in (cds_service.metrics.FhirStats); None outside a served call.
+        observe = getattr(self.session, "ptsd_observer", None)
+        if observe is None:
+            return self.policy.get_json(self.session, absolute, base=self.base, token=self._token,
+                                        timeout=self._timeout(), deadline=self.deadline.expires)
+        started = time.perf_counter()
+        try:
+            result = self.policy.get_json(self.session, absolute, base=self.base, token=self._token,
+                                          timeout=self._timeout(), deadline=self.deadline.expires)
+        except FhirFetchError as exc:
+            observe(time.perf_counter() - started, str(exc))
+            raise
+        observe(time.perf_counter() - started)
+        return result
 
     def read(self, relative: str) -> Resource | None:
         """A FHIR read (``Patient/123``); None when the server says 404/410 (no such resource)."""
