@@ -165,8 +165,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         detail = flatten_errors(exc.messages) if isinstance(exc, ValidationError) else str(exc)
         print(f"ptsd-cds: not a valid CDS Hooks request: {detail}", file=sys.stderr)
         return 1
-    overrides = {"auth": "off"} if "PTSD_CDS_AUTH" not in os.environ else {}
-    settings = Settings.from_env().with_overrides(overrides)
+    # Offline: no client to authenticate, so authentication is off unless PTSD_CDS_AUTH says otherwise.
+    settings = Settings.from_env({**os.environ, "PTSD_CDS_AUTH": os.environ.get("PTSD_CDS_AUTH", "off")})
     from cds_service.card_content import CardContentError
 
     try:

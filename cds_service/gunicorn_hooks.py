@@ -45,6 +45,8 @@ _prepare_multiprocess_dir()
 
 
 def on_starting(server) -> None:
+    if os.environ.get(startup.DONE_MARK):
+        return  # `ptsd-cds serve` ran the checks and printed the banner before starting gunicorn
     try:
         lines = startup.run_checks(bind=",".join(server.cfg.bind) if server else None)
     except startup.StartupError as exc:
