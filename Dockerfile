@@ -1,4 +1,5 @@
 # ptsd-cds: slim image, non-root, gunicorn.
+# Reproducible: every runtime dependency is pinned in constraints.txt (scripts/pin_constraints.py).
 FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,10 +8,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY cds_service ./cds_service
 COPY cards ./cards
-RUN pip install . \
+RUN pip install -c constraints.txt . \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin ptsd \
     && mkdir -p /data && chown ptsd /data
 
@@ -24,5 +25,7 @@ ENV PTSD_CDS_ENV=production \
 USER ptsd
 EXPOSE 8080
 VOLUME ["/data"]
-HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"
+# Follows PTSD_CDS_BIND (a wildcard address is probed on loopback): see `ptsd-cds healthcheck`.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 CMD ["ptsd-cds", "healthcheck"]
+# gunicorn's own start: the master runs the start-up checks and warnings once (gunicorn_hooks).
 CMD ["gunicorn", "-c", "python:cds_service.gunicorn_conf", "cds_service:create_app()"]

@@ -3,6 +3,7 @@
     ptsd-cds serve [--dev] [--bind HOST:PORT] [--workers N]
     ptsd-cds check-config
     ptsd-cds evaluate REQUEST.json [--today YYYY-MM-DD]
+    ptsd-cds healthcheck [--path /healthz]
     ptsd-cds --version
 
 Every error is one line on stderr naming what is wrong (a setting, a file), never a traceback;
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("check-config", help="validate the PTSD_CDS_* settings and exit")
 
+    health = sub.add_parser("healthcheck", help="exit 0 if the service on PTSD_CDS_BIND answers /healthz "
+                                                "(the image's HEALTHCHECK)")
+    health.add_argument("--path", default="/healthz", choices=["/healthz", "/readyz"])
+    health.add_argument("--timeout", type=float, default=2.0)
+
     evaluate = sub.add_parser("evaluate", help="print the cards for a hook request, without a server")
     evaluate.add_argument("request", type=Path, help="a CDS Hooks request (JSON file, or - for stdin)")
     evaluate.add_argument("--today", type=date.fromisoformat, help="evaluate as of this date")
@@ -63,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "check-config":
             return _check_config()
+        if args.command == "healthcheck":
+            return _healthcheck(args)
         return _evaluate(args)
     except ConfigError as exc:
         print(f"ptsd-cds: configuration error: {exc}", file=sys.stderr)
@@ -121,6 +129,42 @@ def _serve(args: argparse.Namespace) -> int:
             return create_app()
 
     _Gunicorn().run()
+    return 0
+
+
+def healthcheck_url(bind: str, path: str = "/healthz") -> str:
+    """The URL a local probe uses for PTSD_CDS_BIND (a wildcard address is probed on loopback)."""
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}{path}"
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    bind = startup.check_settings()[1]["bind"] if "PTSD_CDS_BIND" in os.environ else "127.0.0.1:8080"
+    if bind.startswith("unix:"):
+        print("ptsd-cds: healthcheck needs a TCP PTSD_CDS_BIND, not a unix socket", file=sys.stderr)
+        return 1
+    url = healthcheck_url(bind.split(",")[0], args.path)
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:  # noqa: S310 - our own loopback URL
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"ptsd-cds: {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"ptsd-cds: {url}: HTTP {status}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -96,6 +96,11 @@ def test_the_images_own_gunicorn_start_warns_once_in_the_master_and_sums_metrics
             with requests.Session() as s:  # new connection each time: spread over both workers
                 assert s.get(base + "/cds-services", timeout=5).status_code == 200
         text = requests.get(base + "/metrics", timeout=5).text
+        # the image's HEALTHCHECK command, following PTSD_CDS_BIND (a wildcard is probed on loopback)
+        probe = _run(CLI + ["healthcheck"], _env(tmp_path, PTSD_CDS_AUTH="off", PTSD_CDS_BIND=f"0.0.0.0:{port}"))
+        assert probe.returncode == 0, probe.stderr
+        down = _run(CLI + ["healthcheck"], _env(tmp_path, PTSD_CDS_AUTH="off", PTSD_CDS_BIND=f"0.0.0.0:{_free_port()}"))
+        assert down.returncode == 1 and len(down.stderr.strip().splitlines()) == 1
     finally:
         out, err = _stop(proc)
     count = [line for line in text.splitlines()
