@@ -306,3 +306,13 @@ def test_timestamps_have_milliseconds():
     record = logging.LogRecord("ptsd_cds.x", logging.INFO, __file__, 1, "hello", None, None)
     entry = json.loads(JsonFormatter().format(record))
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["ts"])
+
+
+def test_an_invalid_request_logs_its_hook_instance_only_when_it_is_an_identifier(client, caplog):
+    caplog.set_level(logging.INFO, logger="ptsd_cds")
+    _post(client, "/cds-services/ptsd-patient-view", {"hook": "patient-view", "hookInstance": "Zelda Quux, flashbacks"})
+    _post(client, "/cds-services/ptsd-patient-view", {"hook": "patient-view", "hookInstance": "d1577c69-dfbe-44ad"})
+    free_text, identifier = _access(caplog)[-2:]
+    assert free_text["status"] == identifier["status"] == 400
+    assert "hookInstance" not in free_text and "Zelda" not in json.dumps(free_text)
+    assert identifier["hookInstance"] == "d1577c69-dfbe-44ad" and identifier["hook"] == "patient-view"

@@ -8,6 +8,7 @@ cards) -> response. Each stage lives in its own module; this file only connects 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import date
 from typing import Any
@@ -214,10 +215,15 @@ def _validate_request(body: Any, service: ServiceDefinition) -> dict[str, Any]:
     return data
 
 
+# A request that failed validation still gets its hook and hookInstance on the log line (to
+# correlate with the client's logs), but only when they look like identifiers, not free text.
+_LOGGABLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
 def _note_instance(body: dict[str, Any]) -> None:
     for key in ("hook", "hookInstance"):
         value = body.get(key)
-        if isinstance(value, str) and len(value) <= 128:
+        if isinstance(value, str) and _LOGGABLE_ID.match(value):
             g.log[key] = value
 
 
