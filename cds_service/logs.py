@@ -18,8 +18,8 @@ import json
 import logging
 import re
 import sys
+import os
 import time
-import uuid
 from typing import Any
 
 ACCESS = logging.getLogger("ptsd_cds.access")
@@ -79,4 +79,4 @@ _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 def request_id(sent: str | None) -> str:
     if sent and _SANE_REQUEST_ID.match(sent):
         return sent
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 128 random bits, as uuid4 but ~5x cheaper to make

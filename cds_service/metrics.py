@@ -82,10 +82,24 @@ def fhir_reason(message: str) -> str:
     return _category(message, _FHIR_REASONS)
 
 
+# Labelled children, cached: ``labels()`` costs more than the observation itself. The label
+# values come from fixed sets (service ids, endpoint kinds, status codes, card kinds), so the
+# caches stay small.
+_CALL_CHILDREN: dict = {}
+_CARD_CHILDREN: dict = {}
+
+
 def observe_call(service: str, endpoint: str, status: int, seconds: float, card_kinds=()) -> None:
-    REQUEST_SECONDS.labels(service, endpoint, str(status)).observe(seconds)
+    key = (service, endpoint, status)
+    child = _CALL_CHILDREN.get(key)
+    if child is None:
+        child = _CALL_CHILDREN[key] = REQUEST_SECONDS.labels(service, endpoint, str(status))
+    child.observe(seconds)
     for kind in card_kinds:
-        CARDS.labels(service, kind).inc()
+        counter = _CARD_CHILDREN.get((service, kind))
+        if counter is None:
+            counter = _CARD_CHILDREN[(service, kind)] = CARDS.labels(service, kind)
+        counter.inc()
 
 
 def observe_fhir(seconds: float, error: str | None = None) -> None:
