@@ -8,9 +8,7 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import tomllib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import hapi_bundles  # noqa: E402
 import load_fhir  # noqa: E402
+
+from tests.local_servers import FhirJsonHandler, local_fhir_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -154,39 +154,25 @@ def test_fhir_bundles_are_up_to_date_valid_and_synthetic():
         assert len(source["entry"]) == len(data["entry"])
 
 
-class _FakeFhir(BaseHTTPRequestHandler):
+class _FakeFhir(FhirJsonHandler):
     posted: list[tuple[str, str, dict]] = []
     fail: set[str] = set()
 
     def do_GET(self):  # noqa: N802
-        self._answer(200, {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"})
+        self.send_json(200, {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"})
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _FakeFhir.posted.append((self.path, self.headers["Content-Type"], body))
         failed = body["id"] in _FakeFhir.fail
-        self._answer(400 if failed else 200, {"resourceType": "Bundle", "type": "transaction-response"})
-
-    def _answer(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/fhir+json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(400 if failed else 200, {"resourceType": "Bundle", "type": "transaction-response"})
 
 
 @pytest.fixture
 def fake_fhir():
     _FakeFhir.posted, _FakeFhir.fail = [], set()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeFhir)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/fhir"
-    server.shutdown()
-    server.server_close()
+    with local_fhir_server(_FakeFhir) as base:
+        yield base
 
 
 def test_the_loader_posts_every_bundle_as_fhir_json(fake_fhir):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from openapi_spec_validator import validate
 
 from cds_service.openapi import RESPONSES, openapi_document
 from tests.builders import full_prefetch, hook_request, lorazepam, ptsd_condition
+from tests.local_servers import break_store
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_ISSUERS = ROOT / "cds_service" / "data" / "dev-trusted-issuers.json"
@@ -29,16 +29,6 @@ def _request(hook="patient-view", **kw):
 
 FEEDBACK = {"feedback": [{"card": "0b0e7a52-5d43-4c4e-9e8e-0e0b5b8a1d11", "outcome": "overridden",
                           "outcomeTimestamp": "2026-11-28T12:00:00Z"}]}
-
-
-def _break_store(app):
-    """Make the SQLite store really unusable: close it and put a directory where its file was."""
-    store = app.extensions["ptsd_cds"].store
-    store.close()
-    path = Path(store.path)
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
-    path.mkdir()
 
 
 def _explode(monkeypatch, target, name):
@@ -148,7 +138,7 @@ def p_feedback_500(make_app, mp):
 
 def p_feedback_503(make_app, mp):
     app = make_app()
-    _break_store(app)
+    break_store(app)
     return _post(app.test_client(), "/cds-services/ptsd-patient-view/feedback", FEEDBACK)
 
 
@@ -162,7 +152,7 @@ def p_readyz_200(make_app, mp):
 
 def p_readyz_503(make_app, mp):
     app = make_app()
-    _break_store(app)
+    break_store(app)
     return app.test_client().get("/readyz")
 
 

@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from cds_service import metrics
 from tests.builders import full_prefetch, hook_request, lorazepam, ptsd_condition
+from tests.local_servers import FhirJsonHandler, break_store, local_fhir_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_ISSUERS = ROOT / "cds_service" / "data" / "dev-trusted-issuers.json"
@@ -52,12 +51,7 @@ def test_readyz_reports_each_check(client):
 
 
 def test_readyz_is_503_when_the_store_is_unreachable(app):
-    store = app.extensions["ptsd_cds"].store
-    store.close()
-    path = Path(store.path)
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
-    path.mkdir()  # a directory where the database file was: SQLite cannot open it
+    path = break_store(app)  # a directory where the database file was: SQLite cannot open it
     resp = app.test_client().get("/readyz")
     assert resp.status_code == 503
     body = resp.get_json()
@@ -183,35 +177,20 @@ def test_auth_reason_categories(message, reason):
     assert metrics.auth_reason(message) == reason
 
 
-class _Fhir(BaseHTTPRequestHandler):
+class _Fhir(FhirJsonHandler):
     """A FHIR server on loopback: empty searches, and a 500 for the Patient read."""
 
     def do_GET(self):  # noqa: N802
         if self.path.startswith("/fhir/Patient/"):
-            self._send(500, {"resourceType": "OperationOutcome"})
+            self.send_json(500, {"resourceType": "OperationOutcome"})
         else:
-            self._send(200, {"resourceType": "Bundle", "type": "searchset", "entry": []})
-
-    def _send(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/fhir+json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+            self.send_json(200, {"resourceType": "Bundle", "type": "searchset", "entry": []})
 
 
 @pytest.fixture
 def fhir_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Fhir)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/fhir"
-    server.shutdown()
-    server.server_close()
+    with local_fhir_server(_Fhir) as base:
+        yield base
 
 
 def test_fhir_queries_are_timed_counted_and_logged(make_app, fhir_server, caplog):
