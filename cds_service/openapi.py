@@ -4,7 +4,11 @@ The request and response bodies come from the marshmallow schemas that validate 
 (``schemas/request.py``, ``schemas/feedback.py``, ``schemas/response.py``) through apispec's
 marshmallow plugin, so the document cannot drift from what the endpoints accept. The bodies that
 have no run-time schema (discovery, OperationOutcome, health and readiness) are described by the
-small marshmallow schemas below, which the tests check against real responses.
+small marshmallow schemas below, which the tests check against real responses. What the request
+schemas check in Python code (the user types per hook, the draftOrders Bundle, cds-r-1) is added
+as JSON Schema from the same data (``_add_custom_validators``). Each service has its own paths, so
+each request body names its own hook and context; ``/cds-services/{service_id}`` documents the 404
+of any other id.
 
 ``RESPONSES`` is the one table of which status codes each operation can answer; the tests walk
 the generated document and require a test that produces every documented code
@@ -22,7 +26,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields, validate
 
 from cds_service.schemas.feedback import FeedbackRequestSchema
-from cds_service.schemas.request import CONTEXT_SCHEMAS, HookRequestSchema
+from cds_service.schemas.request import CONTEXT_SCHEMAS, FHIR_ID, USER_TYPES, HookRequestSchema
 from cds_service.schemas.response import ResponseSchema
 from cds_service.services import SERVICES
 
@@ -76,7 +80,7 @@ _WHY = {
          "fhirAuthorization without fhirServer, or fhirServer not allowed",
     401: "Authentication failed (a signed JWT from a trusted issuer is required); "
          "WWW-Authenticate: Bearer",
-    404: "No such CDS service id",
+    404: "No CDS service with this id (the known ids are the other /cds-services/... paths)",
     405: "Method not allowed on this path (Allow names the methods)",
     412: "Required patient data (Conditions, MedicationRequests, Procedures) could not be obtained "
          "from prefetch or the FHIR server; the answer names what is missing and why",
@@ -85,11 +89,15 @@ _WHY = {
     500: "Internal error (no stack trace, no patient data in the body)",
     503: "The store is unavailable right now; nothing was stored (Retry-After)",
 }
-_CALL_ERRORS = (400, 401, 404, 405, 413, 415, 500)
+# Each service has its own paths (its request body names its hook and context); the templated
+# paths document what any other id gets. Keys: the path as documented ("{id}" = every service).
+_CALL_ERRORS = (400, 401, 405, 413, 415, 500)
 RESPONSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("/cds-services", "get"): (200, 401, 405, 500),
-    ("/cds-services/{service_id}", "post"): (200, *_CALL_ERRORS, 412),
-    ("/cds-services/{service_id}/feedback", "post"): (200, *_CALL_ERRORS, 503),
+    ("/cds-services/{id}", "post"): (200, *_CALL_ERRORS, 412),
+    ("/cds-services/{id}/feedback", "post"): (200, *_CALL_ERRORS, 503),
+    ("/cds-services/{service_id}", "post"): (401, 404),
+    ("/cds-services/{service_id}/feedback", "post"): (401, 404),
     ("/healthz", "get"): (200,),
     ("/readyz", "get"): (200, 503),
     ("/metrics", "get"): (200, 401, 404),
@@ -115,6 +123,11 @@ def _schema_name(schema: Any) -> str:
 
 def _error(status: int, why: str | None = None) -> dict[str, Any]:
     return {"description": why or _WHY[status], "content": {FHIR_JSON: {"schema": "OperationOutcome"}}}
+
+
+def _camel(text: str) -> str:
+    first, *rest = text.split("-")
+    return first + "".join(part.title() for part in rest)
 
 
 def _hook_request_name(hook: str) -> str:
@@ -145,54 +158,54 @@ def openapi_document() -> dict[str, Any]:
                          ("HookRequest", HookRequestSchema), ("Health", HealthSchema),
                          ("Readiness", ReadinessSchema)):
         spec.components.schema(name, schema=schema)
-    requests = []
     for hook, context_schema in CONTEXT_SCHEMAS.items():
         context_name = "".join(part.title() for part in hook.split("-")) + "Context"
         spec.components.schema(context_name, schema=context_schema)
-        name = _hook_request_name(hook)
-        spec.components.schema(name, component={"allOf": [
+        spec.components.schema(_hook_request_name(hook), component={"allOf": [
             {"$ref": "#/components/schemas/HookRequest"},
             {"type": "object", "required": ["hook", "context"], "properties": {
                 "hook": {"type": "string", "enum": [hook]},
                 "context": {"$ref": f"#/components/schemas/{context_name}"}}},
         ]})
-        requests.append(name)
 
     jwt = [{"cdsHooksJwt": []}]
     ops_security = [{}, {"opsToken": []}]
     service_ids = ", ".join(f"`{s.id}` ({s.hook})" for s in SERVICES)
-    service_param = {"name": "service_id", "in": "path", "required": True,
-                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-                     "description": f"a service id from discovery: {service_ids}"}
+    unknown_param = {"name": "service_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "not": {"enum": [s.id for s in SERVICES]}},
+                     "description": f"any id other than the services' ({service_ids})"}
 
-    def responses(path: str, method: str, ok: dict[str, Any], **why: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for status in RESPONSES[(path, method)]:
-            out[str(status)] = ok if status == 200 else _error(status, why.get(f"r{status}"))
-        return out
+    def responses(path: str, method: str, ok: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {str(status): ok if status == 200 else _error(status) for status in RESPONSES[(path, method)]}
 
     spec.path("/cds-services", operations={"get": {
         "summary": "CDS Hooks discovery", "operationId": "discovery", "security": jwt,
         "responses": responses("/cds-services", "get",
                                {"description": "The services", "content": {JSON: {"schema": "Discovery"}}}),
     }})
-    spec.path("/cds-services/{service_id}", parameters=[service_param], operations={"post": {
-        "summary": "Call a CDS service (patient-view, order-select or order-sign)", "operationId": "callService",
-        "security": jwt,
-        "requestBody": {"required": True, "content": {JSON: {"schema": {
-            "oneOf": [{"$ref": f"#/components/schemas/{n}"} for n in requests]}}}},
-        "responses": responses("/cds-services/{service_id}", "post",
-                               {"description": "Cards (an empty list: no guidance)",
-                                "content": {JSON: {"schema": "CdsResponse"}}}),
-    }})
-    spec.path("/cds-services/{service_id}/feedback", parameters=[service_param], operations={"post": {
-        "summary": "Feedback on cards (accepted / overridden)", "operationId": "feedback", "security": jwt,
-        "requestBody": {"required": True, "content": {JSON: {"schema": "FeedbackRequest"}}},
-        "responses": responses("/cds-services/{service_id}/feedback", "post",
-                               {"description": "Stored (an informational OperationOutcome)",
-                                "content": {FHIR_JSON: {"schema": "OperationOutcome"},
-                                            JSON: {"schema": "OperationOutcome"}}}),
-    }})
+    cards = {"description": "Cards (an empty list: no guidance)", "content": {JSON: {"schema": "CdsResponse"}}}
+    stored = {"description": "Stored (an informational OperationOutcome)",
+              "content": {JSON: {"schema": "OperationOutcome"}}}
+    for service in SERVICES:
+        spec.path(f"/cds-services/{service.id}", operations={"post": {
+            "summary": f"{service.title} ({service.hook})", "description": service.description,
+            "operationId": _camel(service.id), "security": jwt,
+            "requestBody": {"required": True, "content": {JSON: {"schema": _hook_request_name(service.hook)}}},
+            "responses": responses("/cds-services/{id}", "post", cards),
+        }})
+        spec.path(f"/cds-services/{service.id}/feedback", operations={"post": {
+            "summary": f"Feedback on {service.id} cards (accepted / overridden)",
+            "operationId": _camel(service.id) + "Feedback", "security": jwt,
+            "requestBody": {"required": True, "content": {JSON: {"schema": "FeedbackRequest"}}},
+            "responses": responses("/cds-services/{id}/feedback", "post", stored),
+        }})
+    for path, operation_id in (("/cds-services/{service_id}", "unknownService"),
+                               ("/cds-services/{service_id}/feedback", "unknownServiceFeedback")):
+        spec.path(path, parameters=[unknown_param], operations={"post": {
+            "summary": "Any other service id: 404", "operationId": operation_id, "security": jwt,
+            "requestBody": {"content": {JSON: {"schema": {"type": "object"}}}},
+            "responses": responses(path, "post"),
+        }})
     spec.path("/healthz", operations={"get": {
         "summary": "Liveness (no patient data, no authentication)", "operationId": "healthz", "security": [{}],
         "responses": responses("/healthz", "get", {"description": "The process answers",
@@ -223,7 +236,30 @@ def openapi_document() -> dict[str, Any]:
         "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}},
                       "401": _error(401, _OPS_401)},
     }})
-    return _resolve_names(spec.to_dict())
+    return _add_custom_validators(_resolve_names(spec.to_dict()))
+
+
+def _add_custom_validators(doc: dict[str, Any]) -> dict[str, Any]:
+    """What the request schemas check in Python (validator functions, ``@validates_schema``) and the
+    marshmallow plugin cannot see, written as JSON Schema from the same data (USER_TYPES, FHIR_ID)."""
+    schemas = doc["components"]["schemas"]
+    fhir_id = FHIR_ID.pattern.strip("^$")
+    for hook, types in USER_TYPES.items():
+        context = schemas["".join(part.title() for part in hook.split("-")) + "Context"]
+        context["properties"]["userId"]["pattern"] = f"^({'|'.join(types)})/{fhir_id}$"
+        if "draftOrders" in context["properties"]:  # schemas/request.py _draft_orders
+            context["properties"]["draftOrders"] = {
+                "type": "object", "required": ["resourceType"],
+                "description": "a FHIR Bundle of the draft orders (entries' resources are read as FHIR R4)",
+                "properties": {"resourceType": {"type": "string", "enum": ["Bundle"]},
+                               "entry": {"type": "array", "items": {"type": "object"}}}}
+    request = schemas["HookRequest"]
+    request["properties"]["prefetch"] = {  # _prefetch
+        "type": "object", "description": "prefetch key -> FHIR resource (or Bundle), or null for none"}
+    request["properties"]["fhirServer"]["pattern"] = "^[Hh][Tt][Tt][Pp][Ss]?://[^/\\s?#]+"  # _absolute_url
+    request["anyOf"] = [{"not": {"required": ["fhirAuthorization"]}},  # cds-r-1
+                        {"required": ["fhirServer"]}]
+    return doc
 
 
 def _resolve_names(doc: dict[str, Any]) -> dict[str, Any]:
