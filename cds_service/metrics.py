@@ -118,6 +118,13 @@ def observe_feedback(service: str, items) -> None:
 
 
 def multiprocess_dir() -> str | None:
+    """The multiprocess directory, when this process records into it. Decided by how
+    prometheus-client stored values when it was imported (the variable set later, e.g. by a test
+    that imports the gunicorn configuration, does not switch a running process over)."""
+    from prometheus_client import values
+
+    if values.ValueClass.__name__ == "MutexValue":
+        return None
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 

@@ -295,3 +295,12 @@ def test_an_invalid_request_logs_its_hook_instance_only_when_it_is_an_identifier
     assert free_text["status"] == identifier["status"] == 400
     assert "hookInstance" not in free_text and "Zelda" not in json.dumps(free_text)
     assert identifier["hookInstance"] == "d1577c69-dfbe-44ad" and identifier["hook"] == "patient-view"
+
+
+def test_a_multiprocess_directory_set_later_does_not_hide_this_process_metrics(make_app, monkeypatch, tmp_path):
+    """E.g. a test importing the gunicorn configuration sets PROMETHEUS_MULTIPROC_DIR in-process."""
+    client = make_app().test_client()
+    client.get("/cds-services")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert metrics.multiprocess_dir() is None
+    assert 'endpoint="discovery"' in client.get("/metrics").get_data(as_text=True)
