@@ -1,4 +1,5 @@
 # ptsd-cds: slim image, non-root, gunicorn.
+# Reproducible: every runtime dependency is pinned in constraints.txt (scripts/pin_constraints.py).
 FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,10 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 # nginx in front of gunicorn (`ptsd-cds serve`): slow clients never hold a worker thread (issue #11).
 RUN apt-get update && apt-get install -y --no-install-recommends nginx && rm -rf /var/lib/apt/lists/*
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY cds_service ./cds_service
 COPY cards ./cards
-RUN pip install . \
+RUN pip install -c constraints.txt . \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin ptsd \
     && mkdir -p /data && chown ptsd /data
 
@@ -26,5 +27,7 @@ ENV PTSD_CDS_ENV=production \
 USER ptsd
 EXPOSE 8080
 VOLUME ["/data"]
-HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"
+# Follows PTSD_CDS_BIND (a wildcard address is probed on loopback): see `ptsd-cds healthcheck`.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 CMD ["ptsd-cds", "healthcheck"]
+# nginx in front of gunicorn; the start-up checks and warnings run once, in the serve process.
 CMD ["ptsd-cds", "serve"]

@@ -4,14 +4,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run run-sandbox-auth test bench spec-coverage check-config evaluate clean fuzz soak
+.PHONY: install run run-sandbox-auth test bench spec-coverage check-config check-reference evaluate clean fuzz soak
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Runtime dependencies at the versions pinned in constraints.txt (the image uses the same pins).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 ## Run the service on http://127.0.0.1:8080 with development defaults (auth off unless PTSD_CDS_AUTH is set).
@@ -40,6 +41,11 @@ bench: $(STAMP)
 
 spec-coverage: $(STAMP)
 	$(BIN)/python scripts/spec_coverage.py
+
+## Compare reference/ (the in-repo copies of reference data) with the shared folder: make check-reference SHARED=../shared
+SHARED ?= ../shared
+check-reference:
+	$(PYTHON) scripts/check_reference.py --shared $(SHARED)
 
 check-config: $(STAMP)
 	$(BIN)/ptsd-cds check-config

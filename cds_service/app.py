@@ -11,13 +11,13 @@ from flask import Flask, Response, g
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-from cds_service import logs
+from cds_service import logs, startup
 from cds_service.auth import build_authenticator
 from cds_service.config import Settings
 from cds_service.errors import ApiError, error_response
 from cds_service.patient_data.outbound import OutboundPolicy
 from cds_service.patient_key import resolve_secret
-from cds_service.store import Store, open_store
+from cds_service.store import Store, StoreUnavailable, open_store
 
 log = logging.getLogger("ptsd_cds.app")
 
@@ -61,9 +61,7 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
         settings = Settings.from_env().with_overrides(config)
         settings.validate()
     logs.configure(settings.log_level)
-    if settings.auth_required and not settings.public_url and not settings.development:
-        log.warning("PTSD_CDS_PUBLIC_URL is not set: the JWT audience is checked against the Host "
-                    "header of each request; set it to the external base URL in production")
+    startup.app_warnings(settings)  # unless the gunicorn master / `ptsd-cds serve` showed them
 
     app = Flask("cds_service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
@@ -94,6 +92,7 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     )
 
     from cds_service.api.routes import bp
+    from cds_service.ops import ops
 
     app.register_blueprint(bp)
     from cds_service.api.ratelimit import install_feedback_limit
@@ -102,6 +101,7 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     from cds_service.web import bp as web_bp  # pages for people: /, /demo, /cards, /feedback
 
     app.register_blueprint(web_bp)
+    app.register_blueprint(ops)
     _register_error_handlers(app)
 
     @app.after_request
@@ -138,12 +138,22 @@ def _register_error_handlers(app: Flask) -> None:
                 message = f"{message}; use {', '.join(m for m in sorted(allowed) if m != 'OPTIONS')}"
         return error_response(status, message, code=code, headers=headers)
 
+    @app.errorhandler(StoreUnavailable)
+    def _store_unavailable(exc: StoreUnavailable) -> Response:
+        g.error_message = "store unavailable"
+        log.error("store unavailable: %s", exc)
+        return error_response(503, "The service's database is unavailable right now; nothing was stored. "
+                                   "Retry later.", code="transient", headers={"Retry-After": "5"})
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        # Log where it happened, not the exception's message (it could quote patient data).
+        # Log the exception type and where it happened, not its message: a message can quote
+        # data of the request (a patient's name). The body carries neither.
         frames = traceback.extract_tb(exc.__traceback__)
         where = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}:{f.name}" for f in frames[-5:]]
+        g.exception = f"{type(exc).__name__} at {' <- '.join(reversed(where[-3:]))}"
         log.error("unhandled %s at %s", type(exc).__name__, " <- ".join(reversed(where)))
         return error_response(500, "Internal error in the CDS service; the event was logged "
                                    "(no patient data is kept). Retry, or report the hookInstance.",
                               code="exception")
+

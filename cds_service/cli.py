@@ -5,6 +5,11 @@
     ptsd-cds purge
     ptsd-cds evaluate REQUEST.json [--today YYYY-MM-DD]
     ptsd-cds feedback-report [--csv] [--include-demo]
+    ptsd-cds healthcheck [--path /healthz]
+    ptsd-cds --version
+
+Every error is one line on stderr naming what is wrong (a setting, a file), never a traceback;
+the exit status is 2 for configuration errors and 1 for a request that cannot be evaluated.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from cds_service import startup
 from cds_service.config import ConfigError, Settings
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 
-SANDBOX_ISSUER = "https://sandbox.cds-hooks.org"
+SANDBOX_ISSUER = startup.SANDBOX_ISSUER
 
 # What ``make run`` means by "embedded defaults": only variables that are not set are filled in.
 DEVELOPMENT_DEFAULTS = {
@@ -37,18 +43,29 @@ DEVELOPMENT_DEFAULTS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        self.exit(2, f"{self.prog}: {message} (see {self.prog.split()[0]} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ptsd-cds", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="ptsd-cds", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"ptsd-cds {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = sub.add_parser("serve", help="run the service under gunicorn")
     serve.add_argument("--dev", action="store_true", help="development defaults (what `make run` uses)")
-    serve.add_argument("--bind", default=os.environ.get("PTSD_CDS_BIND", "127.0.0.1:8080"))
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("PTSD_CDS_WORKERS", "2")))
+    serve.add_argument("--bind", help="HOST:PORT (default PTSD_CDS_BIND, else 127.0.0.1:8080)")
+    serve.add_argument("--workers", type=int, help="worker processes (default PTSD_CDS_WORKERS, else 2)")
 
     sub.add_parser("check-config", help="validate the PTSD_CDS_* settings and exit")
     sub.add_parser("purge", help="delete expired replay entries and snoozes, feedback and issued-card "
                                  "records older than PTSD_CDS_FEEDBACK_RETENTION_DAYS")
+
+    health = sub.add_parser("healthcheck", help="exit 0 if the service on PTSD_CDS_BIND answers /healthz "
+                                                "(the image's HEALTHCHECK)")
+    health.add_argument("--path", default="/healthz", choices=["/healthz", "/readyz"])
+    health.add_argument("--timeout", type=float, default=2.0)
 
     evaluate = sub.add_parser("evaluate", help="print the cards for a hook request, without a server")
     evaluate.add_argument("request", type=Path, help="a CDS Hooks request (JSON file, or - for stdin)")
@@ -73,41 +90,27 @@ def main(argv: list[str] | None = None) -> int:
             from cds_service.web.report import run_report  # owned by the pages (web/) code
 
             return run_report(args.csv, args.include_demo)
+        if args.command == "healthcheck":
+            return _healthcheck(args)
         return _evaluate(args)
     except ConfigError as exc:
         print(f"ptsd-cds: configuration error: {exc}", file=sys.stderr)
         return 2
+    except startup.StartupError as exc:
+        print(f"ptsd-cds: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: still one line (the type and message), never a traceback
+        print(f"ptsd-cds: unexpected error: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+        return 1
 
 
-def _issuer_lines(settings: Settings) -> list[str]:
-    """Trusted issuers as the authenticator sees them (also validates the file and its keys)."""
-    if not settings.auth_required:
-        return []
-    from cds_service.auth.jwt_auth import JwtAuthenticator
-    from cds_service.store import Store
-
-    return JwtAuthenticator(settings, Store(":memory:")).describe()
+_issuer_lines = startup.issuer_lines
 
 
 def _banner(settings: Settings, bind: str, issuers: list[str] | None = None) -> str:
-    lines = [f"ptsd-cds {_version()} on http://{bind}  (discovery: http://{bind}/cds-services)"]
-    if settings.development:
-        lines.append("DEVELOPMENT SETTINGS - not for patient data:")
-    lines += ["  " + line for line in settings.describe()]
-    if settings.auth_required:
-        lines.append("Client authentication: REQUIRED (signed JWT from a trusted issuer on every call)")
-        lines += ["  trusted: " + line for line in issuers or []]
-        if any(SANDBOX_ISSUER in line for line in issuers or []):
-            lines.append(f"!! Trusting the CDS Hooks sandbox ({SANDBOX_ISSUER}), whose private key is "
-                         "public: DEVELOPMENT ONLY, never with real patient data !!")
-        if not settings.public_url:
-            lines.append("Note: PTSD_CDS_PUBLIC_URL is not set, so the JWT aud is checked against the Host "
-                         "header of each call; set it to the external base URL in production (SECURITY.md)")
-    else:
-        lines.append("!! Client authentication: OFF (PTSD_CDS_AUTH=off) - any caller is accepted. "
-                     "DEVELOPMENT AND TESTS ONLY. PTSD_CDS_AUTH=required make run verifies JWTs "
-                     "(trusting the CDS Hooks sandbox) !!")
-    return "\n".join(lines)
+    return "\n".join(startup.banner(settings, bind, issuers or []))
 
 
 def _version() -> str:
@@ -120,39 +123,49 @@ def _serve(args: argparse.Namespace) -> int:
     if args.dev:
         for key, value in DEVELOPMENT_DEFAULTS.items():
             os.environ.setdefault(key, value)
-    settings = Settings.from_env()
-    settings.validate()
-    print(_banner(settings, args.bind, _issuer_lines(settings)), file=sys.stderr, flush=True)
+    if args.bind:
+        os.environ["PTSD_CDS_BIND"] = args.bind
+    if args.workers is not None:
+        os.environ["PTSD_CDS_WORKERS"] = str(args.workers)
+    # The same checks and banner as the image's own gunicorn start (gunicorn_hooks.on_starting,
+    # which then sees they were done and stays quiet).
+    print("\n".join(startup.run_checks()), file=sys.stderr, flush=True)
+    settings, proc = startup.check_settings()
+    bind = proc["bind"]
 
     from gunicorn.app.base import BaseApplication
+
+    from cds_service import gunicorn_hooks
 
     proxy = _proxy_plan(settings)
     state: dict = {}
 
     def when_ready(server) -> None:  # gunicorn hook, in the arbiter once it listens
+        gunicorn_hooks.when_ready(server)
         if not proxy:
             return
         from cds_service import proxy as nginx
 
         upstreams = ["%s:%d" % lst.sock.getsockname()[:2] for lst in server.LISTENERS]
         run_dir = nginx.make_run_dir()
-        conf = nginx.render(listen=args.bind, upstreams=upstreams, run_dir=run_dir, max_body=settings.max_body,
+        conf = nginx.render(listen=bind, upstreams=upstreams, run_dir=run_dir, max_body=settings.max_body,
                             header_timeout=settings.request_header_timeout,
                             body_timeout=settings.request_body_timeout)
         try:
-            state["nginx"] = nginx.NginxProxy(conf, run_dir, listen=args.bind)
+            state["nginx"] = nginx.NginxProxy(conf, run_dir, listen=bind)
             state["nginx"].start()
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             print(f"ptsd-cds: nginx could not start: {exc}", file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        print(f"ptsd-cds: nginx on {args.bind} in front of gunicorn on {', '.join(upstreams)}",
+        print(f"ptsd-cds: nginx on {bind} in front of gunicorn on {', '.join(upstreams)}",
               file=sys.stderr, flush=True)
 
     def on_exit(server) -> None:  # gunicorn hook: workers have drained their calls
         if "nginx" in state:
             state["nginx"].stop()
             shutil.rmtree(state["nginx"].run_dir, ignore_errors=True)
+        gunicorn_hooks.on_exit(server)
 
     class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
@@ -162,8 +175,8 @@ def _serve(args: argparse.Namespace) -> int:
                 if name in self.cfg.settings:
                     self.cfg.set(name, getattr(gunicorn_conf, name))
             # Behind nginx, gunicorn listens on a free loopback port (reported in when_ready).
-            self.cfg.set("bind", ["127.0.0.1:0"] if proxy else [args.bind])
-            self.cfg.set("workers", args.workers)
+            self.cfg.set("bind", ["127.0.0.1:0"] if proxy else [bind])
+            self.cfg.set("workers", proc["workers"])
             self.cfg.set("when_ready", when_ready)
             self.cfg.set("on_exit", on_exit)
 
@@ -194,16 +207,51 @@ def _proxy_plan(settings: Settings) -> bool:
     return False
 
 
+def healthcheck_url(bind: str, path: str = "/healthz") -> str:
+    """The URL a local probe uses for PTSD_CDS_BIND (a wildcard address is probed on loopback)."""
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}{path}"
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    bind = startup.check_settings()[1]["bind"] if "PTSD_CDS_BIND" in os.environ else "127.0.0.1:8080"
+    if bind.startswith("unix:"):
+        print("ptsd-cds: healthcheck needs a TCP PTSD_CDS_BIND, not a unix socket", file=sys.stderr)
+        return 1
+    url = healthcheck_url(bind.split(",")[0], args.path)
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:  # noqa: S310 - our own loopback URL
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"ptsd-cds: {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"ptsd-cds: {url}: HTTP {status}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _check_config() -> int:
-    settings = Settings.from_env()
-    settings.validate()
-    for line in _issuer_lines(settings):  # loads and checks the trusted issuers and their keys
+    settings, _ = startup.check_settings()
+    for line in startup.check_content(settings):  # trusted issuers and keys, card content, FHIR servers
         print("trusted issuer: " + line)
     from cds_service.engine import Engine
-    from cds_service.patient_data.outbound import OutboundPolicy
 
-    OutboundPolicy(settings)  # checks PTSD_CDS_FHIR_SERVERS
     Engine(settings)  # loads and checks card content and terminology
+    for line in startup.warnings(settings):
+        print(line, file=sys.stderr)
     print("configuration OK")
     for line in settings.describe():
         print("  " + line)
@@ -265,7 +313,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from cds_service.auth import ANONYMOUS
 
-    raw = sys.stdin.read() if str(args.request) == "-" else args.request.read_text(encoding="utf-8")
+    try:
+        raw = sys.stdin.read() if str(args.request) == "-" else args.request.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"ptsd-cds: cannot read {args.request}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except UnicodeDecodeError:
+        print(f"ptsd-cds: {args.request} is not UTF-8 text", file=sys.stderr)
+        return 1
     try:
         body = json.loads(raw)
         data = HookRequestSchema().load(body)
@@ -274,8 +329,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         detail = flatten_errors(exc.messages) if isinstance(exc, ValidationError) else str(exc)
         print(f"ptsd-cds: not a valid CDS Hooks request: {detail}", file=sys.stderr)
         return 1
-    overrides = {"auth": "off"} if "PTSD_CDS_AUTH" not in os.environ else {}
-    settings = Settings.from_env().with_overrides(overrides)
+    # Offline: no client to authenticate, so authentication is off unless PTSD_CDS_AUTH says otherwise.
+    settings = Settings.from_env({**os.environ, "PTSD_CDS_AUTH": os.environ.get("PTSD_CDS_AUTH", "off")})
+    from cds_service.card_content import CardContentError
+
+    try:
+        engine = Engine(settings)
+    except CardContentError as exc:
+        raise startup.StartupError(f"card content error (PTSD_CDS_CARDS_DIR={settings.cards_dir}): "
+                                   f"{str(exc).splitlines()[0]}") from None
     try:
         policy = OutboundPolicy(settings)
         record = gather_record(data, identity=ANONYMOUS, settings=settings, policy=policy,
@@ -284,7 +346,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"ptsd-cds: {exc.message}", file=sys.stderr)
         return 1
     today = args.today or settings.today or date.today()
-    cards = Engine(settings).evaluate(data["hook"], record, today)
+    cards = engine.evaluate(data["hook"], record, today)
     json.dump({"cards": cards}, sys.stdout, indent=2, ensure_ascii=False)
     print()
     if args.strict:

@@ -8,6 +8,8 @@ variable (``ptsd-cds check-config`` runs the same checks).
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
@@ -83,6 +85,10 @@ class Settings:
     # --- pages for people (cds_service/web) -------------------------------------------------
     demo: str = "off"  # on | off: the EHR-like /demo page (on under `make run`); refused when auth is required
     demo_service_url: str | None = None  # base URL the demo page calls (default: its own origin)
+    # --- operations endpoints (/metrics, /openapi.json, /docs, the GET /feedback dashboard, /cards) --
+    metrics: str = "on"  # on | off: Prometheus metrics recorded and served at /metrics
+    ops_token: str | None = None  # when set, those paths need "Authorization: Bearer <token>"
+    ops_networks: tuple[str, ...] = ()  # when set, those paths answer only clients from these networks (CIDR)
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -163,6 +169,15 @@ class Settings:
             raise bad("trusted_issuers", "required when PTSD_CDS_AUTH=required (a JSON file of trusted issuers)")
         if self.auth_required and not Path(self.trusted_issuers).is_file():
             raise bad("trusted_issuers", f"file not found: {self.trusted_issuers}")
+        if self.metrics not in ("on", "off"):
+            raise bad("metrics", "must be 'on' or 'off'")
+        if self.ops_token is not None and (len(self.ops_token) < 16 or any(c.isspace() for c in self.ops_token)):
+            raise bad("ops_token", "must be at least 16 characters without spaces (e.g. openssl rand -hex 32)")
+        for net in self.ops_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise bad("ops_networks", f"not a network in CIDR form: {net[:64]!r}") from None
 
     def _validate_store(self, bad) -> None:
         scheme = self.database.split("://", 1)[0].lower() if "://" in self.database else ""
@@ -198,12 +213,12 @@ class Settings:
             raise bad("replay_fallback", "a file path for the host-local replay cache is needed with PostgreSQL")
 
     def describe(self) -> list[str]:
-        """Lines for the start-up banner: secrets shown as '(set)', a database URL without its password."""
+        """Lines for the start-up banner: secrets shown as '***', a database URL without its password."""
         lines = []
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in SECRET_FIELDS and value:
-                shown = "(set)"
+                shown = "***"
             elif f.name == "database":
                 shown = redact_url(value)
             else:
@@ -212,7 +227,54 @@ class Settings:
         return lines
 
 
-SECRET_FIELDS = {"patient_key_secret"}
+# Settings whose value is a secret: never printed or logged.
+SECRET_FIELDS = frozenset({"ops_token", "patient_key_secret"})
+# PTSD_CDS_* variables read elsewhere than Settings (by the gunicorn configuration and the CLI).
+PROCESS_VARIABLES = ("PTSD_CDS_BIND", "PTSD_CDS_WORKERS", "PTSD_CDS_THREADS")
+
+
+def known_variables() -> list[str]:
+    """Every PTSD_CDS_* variable the service reads."""
+    return [PREFIX + f.name.upper() for f in fields(Settings)] + list(PROCESS_VARIABLES)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """PTSD_CDS_* variables that no part of the service reads, each with the closest known name
+    (difflib), e.g. ``("PTSD_CDS_AUHT", "PTSD_CDS_AUTH")`` - a typo would otherwise be ignored."""
+    environ = os.environ if environ is None else environ
+    known = known_variables()
+    out = []
+    for name in sorted(environ):
+        if name.startswith(PREFIX) and name not in known:
+            # compare the part after the prefix, or every name would look alike
+            close = difflib.get_close_matches(name[len(PREFIX):], [k[len(PREFIX):] for k in known], n=1, cutoff=0.6)
+            out.append((name, PREFIX + close[0] if close else None))
+    return out
+
+
+def process_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The gunicorn-level variables, checked: ``{"bind": str, "workers": int, "threads": int}``.
+
+    Raises ConfigError naming the variable (e.g. ``PTSD_CDS_WORKERS=abc``)."""
+    environ = os.environ if environ is None else environ
+    bind = environ.get("PTSD_CDS_BIND", "127.0.0.1:8080").strip()
+    if not bind or any(c.isspace() for c in bind):
+        raise ConfigError(f"PTSD_CDS_BIND: must be HOST:PORT or unix:PATH, not {bind[:64]!r}")
+    if not bind.startswith("unix:"):
+        host, sep, port = bind.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"PTSD_CDS_BIND: must be HOST:PORT (port 1-65535), not {bind[:64]!r}")
+    out: dict[str, Any] = {"bind": bind}
+    for key, default, top in (("workers", environ.get("WEB_CONCURRENCY", "2"), 64), ("threads", "4", 256)):
+        raw = environ.get(f"PTSD_CDS_{key.upper()}", default)
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"PTSD_CDS_{key.upper()}: must be a whole number, not {str(raw)[:32]!r}") from None
+        if not 1 <= value <= top:
+            raise ConfigError(f"PTSD_CDS_{key.upper()}: must be between 1 and {top}, not {value}")
+        out[key] = value
+    return out
 
 
 def redact_url(value: str) -> str:

@@ -10,17 +10,26 @@ slow or idle clients cannot hold these threads (issue #11, docs/RELIABILITY.md).
 (5 s) stays above nginx's upstream ``keepalive_timeout`` (4 s).
 """
 
-import os
+import sys
 
 import gunicorn.http.wsgi
+
+from cds_service.config import ConfigError, process_settings
+# Server hooks: start-up checks once in the master, Prometheus multiprocess directory, start/stop events.
+from cds_service.gunicorn_hooks import child_exit, on_exit, on_starting, when_ready  # noqa: F401
 
 # No server banner with a version number (issue #4 hardening).
 gunicorn.http.wsgi.SERVER = "ptsd-cds"
 
-bind = os.environ.get("PTSD_CDS_BIND", "127.0.0.1:8080")
-workers = int(os.environ.get("PTSD_CDS_WORKERS", os.environ.get("WEB_CONCURRENCY", "2")))
+try:
+    _process = process_settings()
+except ConfigError as _exc:  # one line naming the variable, not gunicorn's config traceback
+    print(f"ptsd-cds: configuration error: {_exc}", file=sys.stderr, flush=True)
+    sys.exit(2)
+bind = _process["bind"]
+workers = _process["workers"]
 worker_class = "gthread"
-threads = int(os.environ.get("PTSD_CDS_THREADS", "4"))
+threads = _process["threads"]
 timeout = 30
 graceful_timeout = 10
 keepalive = 5

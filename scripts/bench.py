@@ -5,7 +5,7 @@ Prints p50/p95/p99 per scenario. Scenarios:
   * small      - patient-view, a PTSD patient with a handful of resources (typical sandbox call)
   * order-sign - order-sign with a benzodiazepine draft
   * synthea    - patient-view with a real-shaped Synthea record as prefetch (largest sample; about
-                 2 MB of FHIR JSON), if ../shared/samples/synthea is present
+                 2 MB of FHIR JSON), from reference/samples/synthea
   * big        - patient-view with 2,000 synthetic resources
 Run: make bench  (options: --n 300 --http/--no-http)
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from tests.builders import (full_prefetch, hook_request, lorazepam, med_request, ptsd_condition,  # noqa: E402
                             sertraline)
 
-SYNTHEA = ROOT.parent / "shared" / "samples" / "synthea"
+SYNTHEA = ROOT / "reference" / "samples" / "synthea"
 
 
 def scenarios() -> dict[str, tuple[str, dict]]:

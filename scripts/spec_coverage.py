@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Which CDS Hooks 2.0 requirements (../shared/cds-hooks/CHECKLIST.md ids) the tests cite.
+"""Which CDS Hooks 2.0 requirements (ids in reference/cds-hooks/checklist-ids.json) the tests cite.
 
 Prints a Markdown table: requirement id -> test files whose @pytest.mark.spec names it, then the
 checklist ids no test cites. Run: make spec-coverage
@@ -7,19 +7,18 @@ checklist ids no test cites. Run: make spec-coverage
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_spec_marks import CHECKLIST, cited_ids  # noqa: E402
+from tests.reference import checklist_ids  # noqa: E402
+from tests.test_spec_marks import cited_ids  # noqa: E402
 
 
 def main() -> None:
-    text = CHECKLIST.read_text()
-    order = list(dict.fromkeys(re.findall(r"\*\*((?:[A-Z]+-\d+)|(?:cds-[a-z]+-\d))\*\*", text)))
+    order = checklist_ids()
     cited = cited_ids()
     print("| requirement | tests |\n|---|---|")
     for rid in order:

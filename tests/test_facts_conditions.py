@@ -15,7 +15,6 @@ from tests.reference import SHARED
 
 TODAY = date(2026, 11, 28)
 SYNTHEA = SHARED / "samples" / "synthea"
-needs_synthea = pytest.mark.skipif(not SYNTHEA.is_dir(), reason="Synthea samples not present")
 
 
 def facts_for(*conditions, **kw):
@@ -186,7 +185,6 @@ def _synthea(prefix: str):
     return b.record_from_bundle(json.loads(path.read_text(encoding="utf-8")))
 
 
-@needs_synthea
 def test_synthea_eliseo_resolved_ptsd_and_old_sertraline():
     # The record holds PTSD 47505003 resolved 2017 and sertraline 328670 "Sertraline 100MG" (active,
     # authored 2015-07-03, 1 unit once daily), no trauma-focused Procedure.
@@ -198,14 +196,12 @@ def test_synthea_eliseo_resolved_ptsd_and_old_sertraline():
     assert sertraline.authored_on == date(2015, 7, 3)
 
 
-@needs_synthea
 def test_synthea_ernie_brand_level_benzodiazepines():
     facts = extract_facts(_synthea("Ernie_Rosenbaum"), today=TODAY, hook="patient-view")
     assert sorted(d.ingredient for d in facts.drugs) == ["clonazepam", "diazepam", "diazepam"]
     assert all(d.drug_class == "benzodiazepine" and not d.is_current for d in facts.drugs)
 
 
-@needs_synthea
 def test_big_record_is_fast():
     record = _synthea("Eliseo_Cummings")
     copies = 100  # 22 clinical resources per copy: 2,200

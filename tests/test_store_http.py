@@ -148,7 +148,7 @@ def test_the_banner_shows_no_secret_and_no_database_password():
                                           "patient_key_secret": SECRET})
     text = "\n".join(settings.describe())
     assert "pw-123" not in text and SECRET not in text
-    assert "PTSD_CDS_DATABASE=postgresql://cds:***@db:5432/cds" in text and "PATIENT_KEY_SECRET=(set)" in text
+    assert "PTSD_CDS_DATABASE=postgresql://cds:***@db:5432/cds" in text and "PATIENT_KEY_SECRET=***" in text
 
 
 def test_purge_command_removes_expired_entries(tmp_path, monkeypatch, capsys):

@@ -8,6 +8,7 @@ cards) -> response. Each stage lives in its own module; this file only connects 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import date
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from flask import Blueprint, g, jsonify, request
 from marshmallow import ValidationError
 
-from cds_service import logs
+from cds_service import logs, metrics
 from cds_service.app import components
 from cds_service.api.ratelimit import RateLimitExceeded, rate_limited
 from cds_service.auth import ANONYMOUS, AuthenticationError
@@ -45,6 +46,7 @@ def _authenticate() -> None:
     g.started = time.perf_counter()
     g.log = {}
     g.identity = ANONYMOUS
+    g.request_id = logs.request_id(request.headers.get("X-Request-ID"))
     if request.method == "OPTIONS" or request.blueprint != bp.name or request.endpoint == "cds.health":
         return  # CORS preflights carry no credentials (SANDBOX.md); health checks are public
     c = components()
@@ -53,6 +55,8 @@ def _authenticate() -> None:
     except AuthenticationError as exc:
         log.warning("authentication failed: %s", exc)  # the reason, for the operator (never the token)
         g.log["auth_error"] = str(exc)[:300]  # also on the call's access line
+        if c.settings.metrics == "on":
+            metrics.observe_auth_failure(str(exc))
         raise ApiError(401, "Authentication failed", code="login",
                        headers={"WWW-Authenticate": 'Bearer realm="cds-services"'}) from None
 
@@ -70,22 +74,47 @@ def _audience() -> str | list[str]:
     return called
 
 
+_ENDPOINT_KIND = {"cds.call_service": "call", "cds.feedback": "feedback", "cds.discovery": "discovery",
+                  "cds.health": "ops"}
+
+
 @bp.after_app_request
 def _access_log(resp):
-    if request.method != "OPTIONS" and request.endpoint != "cds.health":
+    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    rid = g.get("request_id") or logs.request_id(None)
+    resp.headers["X-Request-ID"] = rid
+    endpoint = request.endpoint or ""
+    kind = _ENDPOINT_KIND.get(endpoint) or ("ops" if endpoint.startswith("ops.") else "other")
+    log_fields = g.get("log", {})
+    c = components()
+    if c.settings.metrics == "on" and request.method != "OPTIONS":
+        metrics.observe_call(log_fields.get("service", "-"), kind, resp.status_code, seconds,
+                             log_fields.get("card_kinds", ()))
+    # Probes and scrapes (healthz, readyz, metrics) are not logged when they succeed.
+    if request.method != "OPTIONS" and not (kind == "ops" and resp.status_code < 400):
         fields: dict[str, Any] = {
+            "request_id": rid,
+            "remote": request.remote_addr,
             "method": request.method,
             "path": request.path[:200],
             "status": resp.status_code,
-            "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+            "duration_ms": round(seconds * 1000, 2),
         }
-        fields.update(g.get("log", {}))
+        fields.update(log_fields)
+        fhir = g.get("fhir")
+        if fhir is not None and fhir.count:
+            fields["fhir_queries"] = fhir.count
+            fields["fhir_ms"] = round(fhir.seconds * 1000, 1)
+            if fhir.errors:
+                fields["fhir_errors"] = fhir.errors
         identity = g.get("identity", ANONYMOUS)
         if identity.iss:
             fields["client"] = identity.iss
         if resp.status_code >= 400 and g.get("error_message"):
             fields["error"] = g.error_message
-        logs.access(**fields)
+        if resp.status_code >= 500 and g.get("exception"):
+            fields["exception"] = g.exception
+        logs.access(logs.level_for(resp.status_code), **fields)
     return resp
 
 
@@ -107,12 +136,21 @@ def call_service(service_id: str):
     body = _json_body()
     data = _validate_request(body, service)
     c = components()
+    g.fhir = stats = metrics.FhirStats(record=c.settings.metrics == "on")
+
+    def session_factory():
+        session = c.outbound.new_session()
+        session.ptsd_observer = stats  # FHIR request count, time and errors of this call
+        return session
+
     record = gather_record(data, identity=g.identity, settings=c.settings, policy=c.outbound,
-                           session_factory=c.outbound.new_session)
+                           session_factory=session_factory)
     today = c.settings.today or date.today()
     outcome = c.engine.run(service.hook, record, today)
     g.log["cards"] = len(outcome.cards)
     _record_issued(outcome.cards, service, data, c)
+    if outcome.cards:
+        g.log["card_kinds"] = [card["source"]["topic"]["code"] for card in outcome.cards]
     if outcome.skipped:
         g.log["unreadable"] = outcome.skipped  # resource counts only, no patient data
     if record.missing:
@@ -142,6 +180,8 @@ def feedback(service_id: str):
         raise ApiError(503, "Feedback cannot be stored right now (the feedback store is unavailable); "
                             "nothing was stored: retry later", code="transient",
                        headers={"Retry-After": "5"}) from None
+    if components().settings.metrics == "on":
+        metrics.observe_feedback(service.id, data["feedback"])
     return jsonify({
         "resourceType": "OperationOutcome",
         "issue": [{
@@ -228,10 +268,15 @@ def _validate_request(body: Any, service: ServiceDefinition) -> dict[str, Any]:
     return data
 
 
+# A request that failed validation still gets its hook and hookInstance on the log line (to
+# correlate with the client's logs), but only when they look like identifiers, not free text.
+_LOGGABLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
 def _note_instance(body: dict[str, Any]) -> None:
     for key in ("hook", "hookInstance"):
         value = body.get(key)
-        if isinstance(value, str) and len(value) <= 128:
+        if isinstance(value, str) and _LOGGABLE_ID.match(value):
             g.log[key] = value
 
 

@@ -2,7 +2,11 @@
 
 Run (from the repository root)::
 
-    .venv/bin/python -m cds_service.facts.build_terminology [/path/to/shared/clinical]
+    .venv/bin/python -m cds_service.facts.build_terminology --clinical reference/clinical
+    .venv/bin/python -m cds_service.facts.build_terminology --shared ../shared
+
+The clinical folder is always named explicitly: ``reference/clinical`` (the in-repository copies of
+exactly the files read here) or the shared reference folder's ``clinical/``.
 
 It reads ``CODES.md``'s machine-readable copy (``valuesets/derived/ptsd-cds-codelists.json``) and the
 stored FHIR ValueSet expansions under ``valuesets/`` and writes two files into
@@ -32,10 +36,6 @@ from typing import Any
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 UNII = "http://fdasis.nlm.nih.gov"
 OUT_DIR = Path(__file__).resolve().parent.parent / "data" / "terminology"
-# The reference material beside the checkout (as CI lays it out), else the workplace copy.
-DEFAULT_CLINICAL = next((p for p in (Path(__file__).resolve().parents[2].parent / "shared" / "clinical",
-                                     Path("/work/shared/clinical")) if p.is_dir()),
-                        Path("/work/shared/clinical"))
 CODELISTS = "valuesets/derived/ptsd-cds-codelists.json"
 GENERATED_BY = "python -m cds_service.facts.build_terminology (do not edit by hand)"
 
@@ -227,7 +227,7 @@ def build_medications(clinical: Path) -> dict[str, Any]:
     }
 
 
-def write(clinical: Path = DEFAULT_CLINICAL, out_dir: Path = OUT_DIR) -> list[Path]:
+def write(clinical: Path, out_dir: Path = OUT_DIR) -> list[Path]:
     """Write the generated files; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -239,7 +239,23 @@ def write(clinical: Path = DEFAULT_CLINICAL, out_dir: Path = OUT_DIR) -> list[Pa
     return written
 
 
-if __name__ == "__main__":  # pragma: no cover - manual tool
-    clinical_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CLINICAL
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cds_service.facts.build_terminology",
+                                     description="Compile cds_service/data/terminology/ from a clinical folder.")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--clinical", type=Path, help="a clinical folder (e.g. reference/clinical)")
+    where.add_argument("--shared", type=Path, help="the shared reference folder (its clinical/ is read)")
+    args = parser.parse_args(argv)
+    clinical_dir = args.clinical if args.clinical else args.shared / "clinical"
+    if not (clinical_dir / CODELISTS).is_file():
+        print(f"build_terminology: {clinical_dir / CODELISTS} not found", file=sys.stderr)
+        return 2
     for p in write(clinical_dir):
         print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - manual tool
+    sys.exit(main())

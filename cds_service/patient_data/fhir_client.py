@@ -75,9 +75,20 @@ class FhirClient:
             left = max_total - self.bytes_read
         if left <= 0:
             raise FhirFetchError("FHIR responses of this call exceed PTSD_CDS_FHIR_MAX_TOTAL_BYTES", size_exceeded=True)
-        data, size = self.policy.get_json_sized(self.session, absolute, base=self.base, token=self._token,
-                                                timeout=self._timeout(), deadline=self.deadline.expires,
-                                                max_bytes=left)
+        # Optional per-call statistics (count, time, errors) that the HTTP layer attaches to the
+        # session it hands in (cds_service.metrics.FhirStats); None outside a served call.
+        observe = getattr(self.session, "ptsd_observer", None)
+        started = time.perf_counter()
+        try:
+            data, size = self.policy.get_json_sized(self.session, absolute, base=self.base, token=self._token,
+                                                    timeout=self._timeout(), deadline=self.deadline.expires,
+                                                    max_bytes=left)
+        except FhirFetchError as exc:
+            if observe is not None:
+                observe(time.perf_counter() - started, str(exc))
+            raise
+        if observe is not None:
+            observe(time.perf_counter() - started)
         with self._count_lock:
             self.bytes_read += size
             over = self.bytes_read > max_total
