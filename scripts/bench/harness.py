@@ -138,7 +138,7 @@ class Server:
                 status = line.get("status") if isinstance(line, dict) else None
                 if isinstance(status, int) and not 200 <= status < 300:
                     why = line.get("auth_error") or line.get("error") or line.get("unavailable") or ""
-                    key = f"{status} {str(why)[:120]}".strip()
+                    key = f"{status} {str(why)[-160:]}".strip()
                     counts[key] = counts.get(key, 0) + 1
         return counts
 
@@ -272,6 +272,10 @@ def _pg_bin(name: str) -> str | None:
         return found
     candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)
     return str(candidates[0]) if candidates else None
+
+
+def pg_binaries() -> bool:
+    return bool(_pg_bin("initdb") and _pg_bin("pg_ctl"))
 
 
 class TempPostgres:

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,7 @@ if str(ROOT) not in sys.path:
 
 from scripts.bench import records  # noqa: E402
 from scripts.bench.harness import (BenchError, LoadResult, Server, TempPostgres, TestIssuer,  # noqa: E402
-                                   ensure_debian_package, free_port, request, run_wrk)
+                                   ensure_debian_package, free_port, pg_binaries, request, run_wrk)
 
 SIZES = (20, 200, 2000, 10000)
 OUTSIDE_SIZES = (2000, 10000)
@@ -90,8 +91,8 @@ class Plan:
 
 
 PLANS = {
-    "default": Plan(duration=7, min_requests=8, max_tokens=6000, max_requests_baseline=20000,
-                    overhead_requests=3000, rss_requests=100, row_cap=40),
+    "default": Plan(duration=6, min_requests=8, max_tokens=6000, max_requests_baseline=20000,
+                    overhead_requests=3000, rss_requests=100, row_cap=35),
     "quick": Plan(duration=1.5, min_requests=3, max_tokens=800, max_requests_baseline=2000,
                   overhead_requests=300, rss_requests=50, row_cap=15),
 }
@@ -111,6 +112,7 @@ class Bench:
         self.servers: list[Server] = []
         self.procs: list[subprocess.Popen] = []
         self._n = 0
+        self.secret = secrets.token_hex(32)
 
     # --- selection ----------------------------------------------------------------------------
     def wanted(self, key: str) -> bool:
@@ -123,7 +125,11 @@ class Bench:
     def service(self, name: str, extra_env: dict[str, str] | None = None) -> Server:
         env = {"PTSD_CDS_ENV": "production", "PTSD_CDS_AUTH": "required",
                "PTSD_CDS_TRUSTED_ISSUERS": str(self.issuer.path),
-               "PTSD_CDS_DATABASE": str(self.workdir / f"{name}.sqlite3"), "PTSD_CDS_LOG_LEVEL": "INFO"}
+               "PTSD_CDS_DATABASE": str(self.workdir / f"{name}.sqlite3"), "PTSD_CDS_LOG_LEVEL": "INFO",
+               # Settings of later branches (ignored by a service that does not know them): the patient
+               # hash key every instance shares, and the feedback limiter raised above what one test
+               # client sends (the limiter still runs; the row measures the write path, not 429s).
+               "PTSD_CDS_PATIENT_KEY_SECRET": self.secret, "PTSD_CDS_FEEDBACK_RATE_LIMIT": "1000000/minute"}
         env.update(extra_env or {})
         server = Server(name, "cds_service:create_app()", env, self.workdir)
         server.env["PTSD_CDS_PUBLIC_URL"] = server.base
@@ -206,10 +212,14 @@ class Bench:
             token_file = self.write("tokens.txt", self.tokens(server, row.path, requests_wanted + 2 * connections))
         body_file = self.write("body.json", row.body) if method == "POST" else None
         log_offset = server.log_size()
+        cpu_before = server.cpu_seconds()
         result: LoadResult = run_wrk(self.wrk, server.base + row.path, method=method, body_file=body_file,
                                      token_file=token_file, limit=requests_wanted, duration=limit_seconds,
                                      connections=connections)
+        cpu = server.cpu_seconds() - cpu_before
         out.update(result.as_dict())
+        # Worker CPU per answered request (requests still in flight at the stop add a little).
+        out["cpu_ms"] = round(cpu * 1000 / result.requests, 3) if result.requests else None
         if result.non2xx:
             out["failures"] = server.failures_since(log_offset)
             print(f"    {server.name}: non-2xx answers: {out['failures']}", flush=True)
@@ -247,6 +257,7 @@ class Bench:
             service, baseline = self.service("service"), self.baseline()
             print(f"[bench] service {service.base} (workers {service.workers()}), baseline {baseline.base}; "
                   f"{len(self.rows)} rows", flush=True)
+            self.check_auth(service, self.rows[0])
             for row in self.rows:
                 row.service = self.load(service, row, auth=True)
                 row.baseline = self.load(baseline, row, auth=False)
@@ -259,6 +270,18 @@ class Bench:
             self.rss()
         if self.wanted("postgresql"):
             self.postgresql()
+
+    def check_auth(self, server: Server, row: Row) -> None:
+        """The instrument's own check: a token is accepted once, its replay and a missing token are refused."""
+        body = row.body.replace(records.UNIQUE.encode(), b"auth-check")
+        token = self.tokens(server, row.path, 1)[0]
+        first = request(server.base, "POST", row.path, body, token)[0]
+        replay = request(server.base, "POST", row.path, body, token)[0]
+        anonymous = request(server.base, "POST", row.path, body, None)[0]
+        print(f"[bench] auth check: fresh token {first}, same token again {replay}, no token {anonymous}", flush=True)
+        self.results["extra"]["auth_check"] = {"fresh": first, "replay": replay, "none": anonymous}
+        if not (200 <= first < 300 and replay == 401 and anonymous == 401):
+            raise BenchError("authentication is not in the measured path as expected (see the line above)")
 
     def overhead(self) -> None:
         """Worker CPU per near-empty request (issue #7 item 4): /proc CPU ticks of the workers / requests."""
@@ -307,6 +330,10 @@ class Bench:
         self.results["extra"]["postgresql"] = out
         check = subprocess.run([sys.executable, "-c", "from cds_service.store import open_store"], cwd=ROOT,
                                capture_output=True, text=True)
+        if check.returncode != 0 and not pg_binaries():
+            out["status"] = "needs PostgreSQL store (cds_service.store.open_store, branch store)"
+            print(f"  postgresql: {out['status']}", flush=True)
+            return
         pg = TempPostgres()
         try:
             try:
@@ -350,7 +377,8 @@ class Bench:
         if "error" in s:
             return f"{row.label:44s} ERROR {s['error']}"
         return (f"{row.label:44s} {s.get('rps', 0):8.1f} req/s p50 {_f(s.get('p50_ms'))} p95 {_f(s.get('p95_ms'))} "
-                f"p99 {_f(s.get('p99_ms'))} ms non-2xx {s.get('non2xx')}+{s.get('errors')} n={s.get('requests')} | "
+                f"p99 {_f(s.get('p99_ms'))} ms non-2xx {s.get('non2xx')}+{s.get('errors')} n={s.get('requests')} "
+                f"cpu {s.get('cpu_ms')} ms/req | "
                 f"baseline {b.get('rps', 0):8.1f} req/s p50 {_f(b.get('p50_ms'))} p99 {_f(b.get('p99_ms'))} | "
                 f"ratio {row.ratio}")
 
@@ -422,23 +450,23 @@ def _verdict(value, ok) -> str:
 def markdown(doc: dict[str, Any]) -> str:
     lines = [f"Run {doc['started']} - {doc['finished']} UTC on {doc['machine']}; commit {doc['commit']}; "
              f"load average {doc['load_before']} before, {doc['load_after']} after; mode {doc['mode']}.", "",
-             "| row | body | req/s | p50 ms | p95 ms | p99 ms | non-2xx | n | baseline req/s | baseline p50 | "
-             "baseline p99 | ratio | response |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| row | body | req/s | p50 ms | p95 ms | p99 ms | non-2xx | n | CPU ms/req | baseline req/s | "
+             "baseline p50 | baseline p99 | baseline CPU ms/req | ratio | response |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     all_rows = list(doc["rows"]) + list((doc["extra"].get("postgresql") or {}).get("rows", []))
     for r in all_rows:
         s, b = r["service"], r["baseline"]
         if "error" in s:
-            lines.append(f"| {r['label']} | {_kib(r['body_bytes'])} | ERROR: {s['error'][:80]} |" + " |" * 10)
+            lines.append(f"| {r['label']} | {_kib(r['body_bytes'])} | ERROR: {s['error'][:80]} |" + " |" * 12)
             continue
         lines.append("| " + " | ".join([
             r["label"], _kib(r["body_bytes"]), _n(s.get("rps"), 1), _n(s.get("p50_ms")), _n(s.get("p95_ms")),
             _n(s.get("p99_ms")), str((s.get("non2xx") or 0) + (s.get("errors") or 0)), str(s.get("requests")),
-            _n(b.get("rps"), 1), _n(b.get("p50_ms")), _n(b.get("p99_ms")),
+            _n(s.get("cpu_ms")), _n(b.get("rps"), 1), _n(b.get("p50_ms")), _n(b.get("p99_ms")), _n(b.get("cpu_ms")),
             f"{r['ratio']:.2f}" if r["ratio"] is not None else "-", _kib(s.get("response_bytes"))]) + " |")
     pg = doc["extra"].get("postgresql")
     if pg and pg.get("status") != "measured":
-        lines.append(f"| PostgreSQL store, auth on | - | {pg.get('status')} |" + " |" * 10)
+        lines.append(f"| PostgreSQL store, auth on | - | {pg.get('status')} |" + " |" * 12)
     lines.append("")
     rss = doc["extra"].get("rss")
     if rss:
@@ -475,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test of the harness")
     parser.add_argument("--only", help="comma-separated rows (glob/prefix): typical, history-2000, outside, "
                                        "order-select, order-sign, feedback, fallback, overhead, rss, postgresql")
-    parser.add_argument("--duration", type=float, help="seconds of load per row and server (default 7)")
+    parser.add_argument("--duration", type=float, help="seconds of load per row and server (default 6)")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "latest",
                         help="write OUT.md and OUT.json (default var/bench/latest)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs)")
