@@ -291,7 +291,8 @@ class TempPostgres:
 
     def start(self) -> str:
         initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-        if not (initdb and pg_ctl) and ensure_debian_package("pg_ctl", "postgresql"):
+        if not (initdb and pg_ctl):
+            ensure_debian_package("pg_ctl", "postgresql")  # Debian puts it under /usr/lib/postgresql/*/bin
             initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
         if not (initdb and pg_ctl):
             raise BenchError("no PostgreSQL server binaries (initdb, pg_ctl); install Debian's postgresql")
