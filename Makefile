@@ -35,9 +35,10 @@ fuzz: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python scripts/soak.py --seconds $${SOAK_SECONDS:-120}
 
-## Measure latency and throughput (prints figures; never part of `make test`).
+## Load benchmark under production settings vs a parse-only baseline, with the issue #7 targets
+## (prints figures; never part of `make test`). Options: make bench BENCH_ARGS="--quick --only history".
 bench: $(STAMP)
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
 
 spec-coverage: $(STAMP)
 	$(BIN)/python scripts/spec_coverage.py

@@ -1,0 +1,1 @@
+"""make bench: the load benchmark of ptsd-cds (see docs/PERFORMANCE.md)."""
