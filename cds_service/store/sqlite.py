@@ -60,6 +60,9 @@ def prepare_path(path: str) -> None:
             os.chmod(side, 0o600)
 
 
+MIGRATION_LOCK_WAIT_S = 30.0
+
+
 class SQLiteStore(Store):
     """Thread-safe access to one SQLite database (one connection per thread)."""
 
@@ -94,7 +97,18 @@ class SQLiteStore(Store):
         return conn
 
     def _migrate(self) -> int:
-        conn = self._connect()
+        # Its own connection with a long lock wait: instances starting together on one host take
+        # turns here (at start, not on the hook path, where ``busy_timeout`` stays short).
+        if self.path == ":memory:" or self.path.startswith("file:"):
+            return self._migrate_with(self._connect())  # one connection is the whole database
+        conn = sqlite3.connect(self.path, timeout=MIGRATION_LOCK_WAIT_S, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return self._migrate_with(conn)
+        finally:
+            conn.close()
+
+    def _migrate_with(self, conn: sqlite3.Connection) -> int:
         conn.execute("BEGIN IMMEDIATE")  # the write lock: one process migrates, the others wait
         try:
             conn.execute(migrations.SCHEMA_VERSION_DDL)

@@ -81,22 +81,28 @@ class TestIssuer:
 
 # --- gunicorn ----------------------------------------------------------------------------------
 class Server:
-    """A gunicorn with the project's conf (``python:cds_service.gunicorn_conf``) on a free port."""
+    """A gunicorn with the project's conf (``python:cds_service.gunicorn_conf``) on a free port;
+    with ``production=True`` the way production runs: ``ptsd-cds serve``, nginx in front of that
+    gunicorn (``PTSD_CDS_PROXY=nginx``; the workers measured are gunicorn's, never nginx's)."""
 
-    def __init__(self, name: str, app_spec: str, env: dict[str, str], workdir: Path):
+    def __init__(self, name: str, app_spec: str, env: dict[str, str], workdir: Path, production: bool = False):
         self.name = name
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}.log"
         self.env = {**os.environ, **env, "PTSD_CDS_BIND": f"127.0.0.1:{self.port}"}
         self.app_spec = app_spec
+        self.production = production
+        if production:
+            self.env["PTSD_CDS_PROXY"] = "nginx"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> "Server":
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf", self.app_spec],
-            env=self.env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+        command = ([sys.executable, "-m", "cds_service.cli", "serve"] if self.production else
+                   [sys.executable, "-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf", self.app_spec])
+        self.proc = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=log,
+                                     start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -143,6 +149,10 @@ class Server:
         return counts
 
     def workers(self) -> list[int]:
+        """gunicorn's worker processes (children of its arbiter that are not nginx)."""
+        return [p for p in self._children() if _comm(p) != "nginx"]
+
+    def _children(self) -> list[int]:
         assert self.proc is not None
         pid = self.proc.pid
         try:
@@ -191,6 +201,13 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def request(base: str, method: str, path: str, body: bytes | None = None, token: str | None = None,

@@ -3,7 +3,7 @@
 Nothing here reads files: a record is built from the size, the shape and "today", so the bench and
 its smoke test (tests/test_bench_records.py) work in a clean clone. Resource shapes follow the
 Synthea sample patients (smart-on-fhir/generated-sample-data, R4/SYNTHEA, Apache-2.0; see
-../shared/samples/synthea/SOURCES.md): SNOMED-coded Conditions and Procedures with ``text``,
+reference/samples/synthea/SOURCES.md): SNOMED-coded Conditions and Procedures with ``text``,
 RxNorm-coded MedicationRequests with a dosage, ``encounter`` / ``requester`` references, a
 ``meta.tag``; about 600-800 bytes of JSON per resource, as in those files.
 

@@ -133,7 +133,7 @@ class Bench:
                # client sends (the limiter still runs; the row measures the write path, not 429s).
                "PTSD_CDS_PATIENT_KEY_SECRET": self.secret, "PTSD_CDS_FEEDBACK_RATE_LIMIT": "1000000/minute"}
         env.update(extra_env or {})
-        server = Server(name, "cds_service:create_app()", env, self.workdir)
+        server = Server(name, "cds_service:create_app()", env, self.workdir, production=True)
         server.env["PTSD_CDS_PUBLIC_URL"] = server.base
         self.servers.append(server)
         return server.start()
