@@ -12,8 +12,9 @@ of any other id.
 
 ``RESPONSES`` is the one table of which status codes each operation can answer; the tests walk
 the generated document and require a test that produces every documented code
-(``tests/test_openapi.py::PRODUCERS``). A branch that adds a status (408 read timeout, 429 rate
-limit) adds its row here and its producer there.
+(``tests/test_openapi.py::PRODUCERS``). A status added here needs its producer there. (408 is
+never answered by the application: nginx closes a connection whose request does not arrive in
+time, docs/RELIABILITY.md.)
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ _WHY = {
     413: "Request body larger than PTSD_CDS_MAX_BODY",
     415: "Content-Type is not application/json (or its charset is not UTF-8)",
     500: "Internal error (no stack trace, no patient data in the body)",
+    429: "Too many feedback writes from this client (PTSD_CDS_FEEDBACK_RATE_LIMIT); Retry-After says "
+         "when to retry. Hook calls are never rate-limited",
     503: "The store is unavailable right now; nothing was stored (Retry-After)",
 }
 # Each service has its own paths (its request body names its hook and context); the templated
@@ -95,7 +98,7 @@ _CALL_ERRORS = (400, 401, 405, 413, 415, 500)
 RESPONSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("/cds-services", "get"): (200, 401, 405, 500),
     ("/cds-services/{id}", "post"): (200, *_CALL_ERRORS, 412),
-    ("/cds-services/{id}/feedback", "post"): (200, *_CALL_ERRORS, 503),
+    ("/cds-services/{id}/feedback", "post"): (200, *_CALL_ERRORS, 429, 503),
     ("/cds-services/{service_id}", "post"): (401, 404),
     ("/cds-services/{service_id}/feedback", "post"): (401, 404),
     ("/healthz", "get"): (200,),
@@ -212,10 +215,12 @@ def openapi_document() -> dict[str, Any]:
                                                    "content": {JSON: {"schema": "Health"}}}),
     }})
     spec.path("/readyz", operations={"get": {
-        "summary": "Readiness: store reachable, configuration and card content valid", "operationId": "readyz",
-        "security": [{}],
-        "responses": {"200": {"description": "Ready", "content": {JSON: {"schema": "Readiness"}}},
-                      "503": {"description": "Not ready: a check failed (named in checks)",
+        "summary": "Readiness: configuration and card content valid; the store's state reported",
+        "operationId": "readyz", "security": [{}],
+        "responses": {"200": {"description": "Ready (status \"ready\"), or serving hook calls while the store is "
+                                             "unavailable (status \"degraded\", checks.store.available false)",
+                              "content": {JSON: {"schema": "Readiness"}}},
+                      "503": {"description": "Not ready: the configuration or card content is invalid (named in checks)",
                               "content": {JSON: {"schema": "Readiness"}}}},
     }})
     spec.path("/metrics", operations={"get": {

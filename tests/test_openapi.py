@@ -128,6 +128,15 @@ def p_feedback_404(make_app, mp, path):
     return _post(make_app().test_client(), UNKNOWN + "/feedback", FEEDBACK)
 
 
+def p_feedback_429(make_app, mp, path):
+    client = make_app(feedback_rate_limit="1/minute").test_client()
+    first = _post(client, path, FEEDBACK)
+    assert first.status_code == 200
+    second = _post(client, path, FEEDBACK)
+    assert int(second.headers["Retry-After"]) >= 1
+    return second
+
+
 def p_feedback_405(make_app, mp, path):
     return make_app().test_client().get(path)
 
@@ -190,7 +199,8 @@ PRODUCERS = {
         (413, p_call_413), (415, p_call_415), (500, p_call_500))},
     **{(FEEDBACK_PATH, "post", code): f for code, f in (
         (200, p_feedback_200), (400, p_feedback_400), (401, p_feedback_401), (405, p_feedback_405),
-        (413, p_feedback_413), (415, p_feedback_415), (500, p_feedback_500), (503, p_feedback_503))},
+        (413, p_feedback_413), (415, p_feedback_415), (500, p_feedback_500), (429, p_feedback_429),
+        (503, p_feedback_503))},
     ("/cds-services/{service_id}", "post", 401): p_call_401,
     ("/cds-services/{service_id}", "post", 404): p_call_404,
     ("/cds-services/{service_id}/feedback", "post", 401): p_feedback_401,
