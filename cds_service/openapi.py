@@ -68,7 +68,7 @@ class HealthSchema(Schema):
 
 
 class ReadinessSchema(Schema):
-    status = fields.String(required=True, validate=validate.OneOf(["ready", "unavailable"]))
+    status = fields.String(required=True, validate=validate.OneOf(["ready", "degraded", "unavailable"]))
     checks = fields.Dict(required=True, metadata={
         "description": "one entry per check: store (engine, available), cards (kinds loaded), "
                        "configuration"})
