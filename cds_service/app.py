@@ -30,6 +30,8 @@ SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000",
 }
 
+_SECURITY_HEADER_ITEMS = tuple(SECURITY_HEADERS.items())
+
 # Werkzeug's default messages, made actionable for a CDS client developer.
 HTTP_MESSAGES = {
     404: ("not-found", "No such endpoint. Discovery is at GET /cds-services; services at "
@@ -106,8 +108,9 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
 
     @app.after_request
     def _headers(resp: Response) -> Response:
-        for key, value in SECURITY_HEADERS.items():
-            resp.headers.setdefault(key, value)
+        # One pass over the few headers already set (a page's own CSP wins), then one extend.
+        present = {key.lower() for key in resp.headers.keys()}
+        resp.headers.extend([(k, v) for k, v in _SECURITY_HEADER_ITEMS if k.lower() not in present])
         return resp
 
     return app

@@ -14,15 +14,19 @@ data or tokens into them.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import re
 import sys
-import os
 import time
 from typing import Any
 
+import msgspec
+
 ACCESS = logging.getLogger("ptsd_cds.access")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=str)  # compact JSON; anything unexpected as its str()
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,7 +42,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         else:
             entry["message"] = record.getMessage()
-        return json.dumps(entry, separators=(",", ":"), default=str)
+        return _ENCODER.encode(entry).decode()
 
 
 def configure(level: str) -> None:

@@ -50,6 +50,8 @@ def _authenticate() -> None:
     if request.method == "OPTIONS" or request.blueprint != bp.name or request.endpoint == "cds.health":
         return  # CORS preflights carry no credentials (SANDBOX.md); health checks are public
     c = components()
+    if not c.settings.auth_required:
+        return  # PTSD_CDS_AUTH=off: every caller is anonymous (nothing to work out per call)
     try:
         g.identity = c.authenticator.authenticate(request.headers.get("Authorization"), _audience())
     except AuthenticationError as exc:
