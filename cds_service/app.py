@@ -66,6 +66,12 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     startup.app_warnings(settings)  # unless the gunicorn master / `ptsd-cds serve` showed them
 
     app = Flask("cds_service")
+    if settings.forwarded_hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Only the client address: the scheme and host the JWT audience is checked against come
+        # from PTSD_CDS_PUBLIC_URL (or the Host header), never from X-Forwarded-Proto/-Host.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.forwarded_hops, x_proto=0, x_host=0)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.config["DEBUG"] = False
     app.config["PROPAGATE_EXCEPTIONS"] = False

@@ -138,6 +138,10 @@ def _serve(args: argparse.Namespace) -> int:
     from cds_service import gunicorn_hooks
 
     proxy = _proxy_plan(settings)
+    if proxy:
+        # The workers see nginx's loopback address: the client's is the last X-Forwarded-For entry
+        # (nginx appends it). One more hop only when the operator says so.
+        os.environ.setdefault("PTSD_CDS_FORWARDED_HOPS", "1")
     state: dict = {}
 
     def when_ready(server) -> None:  # gunicorn hook, in the arbiter once it listens

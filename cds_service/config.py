@@ -42,6 +42,9 @@ class Settings:
     max_json_depth: int = 64  # deepest nesting accepted in a request body
     # `ptsd-cds serve`: nginx in front of gunicorn (auto: when installed; required in production)
     proxy: str = "auto"  # auto | nginx | off (off: only behind another buffering reverse proxy)
+    # Reverse proxies in front whose X-Forwarded-For is trusted for the client address (rate limit
+    # key, PTSD_CDS_OPS_NETWORKS, access lines). `ptsd-cds serve` sets 1 for its own nginx.
+    forwarded_hops: int = 0
     request_header_timeout: float = 10.0  # seconds to receive request line and headers (then 408)
     request_body_timeout: float = 10.0  # seconds between two reads of a request body (then 408)
 
@@ -139,6 +142,8 @@ class Settings:
             raise bad("demo_service_url", "must be an origin like http://127.0.0.1:8080 (no path)")
         if self.proxy not in ("auto", "nginx", "off"):
             raise bad("proxy", "must be 'auto', 'nginx' or 'off'")
+        if not 0 <= self.forwarded_hops <= 5:
+            raise bad("forwarded_hops", "must be between 0 and 5")
         for name in ("request_header_timeout", "request_body_timeout"):
             if not 0 < getattr(self, name) <= 300:
                 raise bad(name, "must be between 0 and 300 seconds")

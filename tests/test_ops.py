@@ -306,3 +306,16 @@ def test_a_multiprocess_directory_set_later_does_not_hide_this_process_metrics(m
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     assert metrics.multiprocess_dir() is None
     assert 'endpoint="discovery"' in client.get("/metrics").get_data(as_text=True)
+
+
+def test_behind_a_proxy_the_client_address_comes_from_x_forwarded_for(make_app):
+    """Behind nginx every call comes from 127.0.0.1: with PTSD_CDS_FORWARDED_HOPS the address nginx
+    appends to X-Forwarded-For is the client's (a spoofed first entry is not), so the ops network
+    restriction and the feedback rate limit key see the real client."""
+    app = make_app(ops_networks="10.0.0.0/8", forwarded_hops=1)
+    client = app.test_client()
+    spoofed = {"X-Forwarded-For": "10.1.2.3, 203.0.113.9"}  # the caller claims 10.1.2.3; nginx saw 203.0.113.9
+    assert client.get("/metrics", headers=spoofed).status_code == 401
+    assert client.get("/metrics", headers={"X-Forwarded-For": "10.9.9.9"}).status_code == 200
+    direct = make_app(ops_networks="10.0.0.0/8").test_client()  # no proxy: the header is ignored
+    assert direct.get("/metrics", headers={"X-Forwarded-For": "10.9.9.9"}).status_code == 401
