@@ -133,6 +133,8 @@ class CardTemplate:
     # (e.g. a PTSD diagnosis of unknown status turns the critical benzodiazepine card into a
     # warning). The first listed flag that is set wins.
     indicator_when: tuple[tuple[str, str], ...] = ()
+    # flag -> {hook: summary}: when the rule sets the flag, this summary replaces the hook's one.
+    summary_when: tuple[tuple[str, dict[str, str]], ...] = ()
 
 
 # --- reading TOML with errors that name the file and field -----------------------------------
@@ -338,7 +340,7 @@ def _load_override_reasons(shared: _Table) -> dict[str, str]:
 
 
 _CARD_KEYS = ["topic", "title", "hooks", "selection_behavior", "override_reasons", "links", "indicator",
-              "indicator_when",
+              "indicator_when", "summary_when",
               "summary", "source", "placeholders", "flags", "detail", "citations", "suggestions"]
 
 
@@ -379,7 +381,16 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
         return names
 
     summaries = _load_summaries(t, hooks)
-    for h, text in summaries.items():
+    summary_when = []
+    when_table = t.table("summary_when", required=False)
+    for flag in (when_table.data if when_table else {}):
+        if flag not in flags:
+            raise when_table.error(flag, "must be a flag declared in [flags]")
+        summary_when.append((flag, _load_summaries(_Table({"summary": when_table.data[flag]}, path.name,
+                                                          f"summary_when.{flag}"), hooks)))
+    checked = list(summaries.items()) + [(f"{h} ({flag})", text) for flag, by_hook in summary_when
+                                         for h, text in by_hook.items()]
+    for h, text in checked:
         where = f"{path.name}: summary.{h}"
         names = check_fields(text, where)
         unbounded = sorted(n for n in names if placeholders[n].max_length is None)
@@ -432,7 +443,7 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
 
     return CardTemplate(
         path=path, topic=topic, title=t.text("title"), hooks=hooks, indicators=indicators,
-        indicator_when=tuple(indicator_when),
+        indicator_when=tuple(indicator_when), summary_when=tuple(summary_when),
         summaries=summaries, source_label=source.text("label"), source_document=source_doc,
         placeholders=placeholders, flags=flags, paragraphs=tuple(paragraphs), citations=citations,
         links=links, suggestions=suggestions, selection_behavior=behavior,

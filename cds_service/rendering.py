@@ -81,7 +81,9 @@ class CardLibrary:
         values["target_order"] = finding.target_order or ""
         values["open_steps"] = "; ".join(self.cards[t].title for t in finding.open_steps)
 
-        summary = self._fill(card, card.summaries[hook], _summary_values(card, values), "summary")
+        template = next((by_hook[hook] for flag, by_hook in card.summary_when if flag in finding.flags),
+                        card.summaries[hook])
+        summary = self._fill(card, template, _summary_values(card, values), "summary")
         summary = " ".join(summary.split())
         if len(summary) >= SUMMARY_LIMIT:  # cannot happen after the load-time check; kept as a guard
             raise RenderError(f"{card.path.name}: summary has {len(summary)} characters")

@@ -58,7 +58,7 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "ptsd-new.select-mdma": [(MDMA, "critical")],
     "ptsd-ssri-failed-nightmares.select-venlafaxine-450": [(DOSE, "warning")],
     "benzo-no-ptsd.select-mdma": [(MDMA, "critical")],
-    "acute-stress.select-lorazepam": [],
+    "acute-stress.select-lorazepam": [(BENZO, "warning")],  # no drug to prevent PTSD (issue #8 point 6)
     "ptsd-status-unreadable.select-lorazepam": [(BENZO, "warning")],  # unknown status: safe direction
     "ptsd-teen.select-venlafaxine-450": [(DOSE, "warning")],  # dose checks still apply under 18
     "ptsd-deceased.select-lorazepam": [],

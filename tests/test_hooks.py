@@ -152,3 +152,21 @@ def test_the_sandbox_rx_view_pill_unit_gives_a_daily_dose(client):
     result = assert_conformant(call(client, "ptsd-order-sign", body))
     [card] = result["cards"]
     assert card["source"]["topic"]["code"] == "dose-out-of-range" and "300 mg/day" in card["summary"]
+
+
+def test_acute_stress_benzodiazepine_order_gets_a_warning_with_removal(client):
+    """Acute stress disorder (not PTSD): no drug should be offered to prevent PTSD (NICE; VA/DoD:
+    insufficient evidence) — the benzodiazepine card as a warning, removal suggested; no step card
+    (issue #8 point 6)."""
+    acute = {**ptsd_condition("cond-asd"), "code": {"coding": [{"system": "http://snomed.info/sct",
+                                                                "code": "67195008",
+                                                                "display": "Acute stress disorder"}]}}
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[acute]), drafts=[lorazepam()])
+    [card] = assert_conformant(call(client, "ptsd-order-sign", body))["cards"]
+    assert (card["source"]["topic"]["code"], card["indicator"]) == ("benzodiazepine-avoid", "warning")
+    assert "acute stress" in card["summary"].lower() and "prevent PTSD" in card["summary"]
+    assert "recommended against for PTSD" not in card["detail"]
+    deletes = [a["resourceId"] for s in card["suggestions"] for a in s["actions"] if a["type"] == "delete"]
+    assert deletes == ["MedicationRequest/mr-lorazepam"]
+    view = hook_request("patient-view", prefetch=full_prefetch(conditions=[acute]))
+    assert assert_conformant(call(client, "ptsd-patient-view", view)) == {"cards": []}

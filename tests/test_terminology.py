@@ -68,7 +68,13 @@ def test_ptsd_codes(term, system, code):
     ("http://hl7.org/fhir/sid/icd-10", "F43.1"), (None, "47505003"),
 ])
 def test_not_ptsd_codes(term, system, code):
-    assert term.condition_kinds(system, code) == frozenset()
+    assert not term.condition_kinds(system, code) & {"ptsd", "nightmares"}
+
+
+def test_acute_stress_is_its_own_kind_never_ptsd(term):
+    assert term.condition_kinds(SNOMED, "67195008") == {"acute-stress"}
+    assert term.condition_kinds(ICD10CM, "F43.0") == {"acute-stress"}
+    assert term.condition_kinds(SNOMED, "426174008") == frozenset()  # chronic stress disorder: nothing
 
 
 def test_acute_stress_disorder_is_listed_as_look_alike(term):

@@ -60,9 +60,10 @@ def extract_facts(
     term = _terminology(terminology, site_code_map)
     skipped = SkipCounter()
     medications = record.medications if isinstance(record.medications, dict) else {}
-    ptsd_all, nightmares_all = extract_conditions(_items(record.conditions), term, skipped)
+    found = extract_conditions(_items(record.conditions), term, skipped)
+    ptsd_all = found["ptsd"]
     ptsd = [c for c in ptsd_all if c.status_known]
-    nightmares = [c for c in nightmares_all if c.status_known]  # unknown: absent for the steps
+    nightmares = [c for c in found["nightmares"] if c.status_known]  # unknown: absent for the steps
     drugs = bridge_refills(extract_drugs(_items(record.medication_requests), medications, term,
                                          OrderContext(today, term.thresholds), skipped),
                            term.thresholds.refill_bridge_days, today)
@@ -77,6 +78,7 @@ def extract_facts(
         ptsd=ptsd,
         ptsd_unknown_status=[c for c in ptsd_all if not c.status_known],
         nightmares=nightmares,
+        acute_stress=[c for c in found["acute-stress"] if c.status_known],
         drugs=drugs,
         draft_drugs=draft_drugs,
         unchecked_orders=unchecked,

@@ -118,6 +118,9 @@ def _row(entry: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: entry[k] for k in keys if entry.get(k) not in (None, "")}
 
 
+ACUTE_STRESS = {("http://snomed.info/sct", "67195008"), ("http://hl7.org/fhir/sid/icd-10-cm", "F43.0")}
+
+
 def build_conditions(clinical: Path) -> dict[str, Any]:
     groups = _load(clinical, CODELISTS)["groups"]
     keys = ("system", "code", "display", "status", "source", "note")
@@ -128,6 +131,10 @@ def build_conditions(clinical: Path) -> dict[str, Any]:
         "ptsd": [_row(e, *keys) for e in groups["ptsd-condition"] if e.get("code")],
         "nightmares": [_row(e, *keys) for e in groups["nightmare"] if e.get("code")],
         "notPtsd": [_row(e, *keys) for e in groups["ptsd-related-not-ptsd"] if e.get("code")],
+        # Acute stress disorder / reaction: not PTSD (no step cards), but a benzodiazepine for it
+        # gets the benzodiazepine card as a warning (issue #8 point 6; GUIDELINE-FACTS §0 row 2).
+        "acuteStress": [_row(e, *keys) for e in groups["ptsd-related-not-ptsd"]
+                        if (e.get("system"), e.get("code")) in ACUTE_STRESS],
     }
 
 

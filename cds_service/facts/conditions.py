@@ -5,7 +5,8 @@ A Condition is **PTSD** when one of its codings is a PTSD code of ``conditions.j
 without the dot; ICD-11 6B40/6B41), matched on the canonical system URI. It is **nightmares** when
 a coding is 111487009, 428687006 or F51.5. 428687006 ("Nightmares associated with chronic PTSD")
 is both, so such a Condition yields one PTSD fact *and* one nightmare fact. Acute stress disorder
-and the other listed stress disorders are not in either list, so they never match. A Condition is
+(67195008) and acute stress reaction (F43.0) are **acute stress**, never PTSD (no step cards; the
+benzodiazepine card as a warning); the other listed stress disorders match nothing. A Condition is
 matched on codes only (a text of "PTSD" without a coding does not count).
 
 It counts (is **active**) when ``clinicalStatus`` is absent, active, recurrence or relapse, and
@@ -111,12 +112,11 @@ def read_condition(condition: Any, term: Terminology, skipped: SkipCounter) -> l
 
 def extract_conditions(
     conditions: Iterable[Resource], term: Terminology, skipped: SkipCounter
-) -> tuple[list[ConditionFact], list[ConditionFact]]:
-    """(PTSD facts, nightmare facts) from the record's Conditions: active ones, and those whose
-    status is unknown (``status_known`` False)."""
-    ptsd: list[ConditionFact] = []
-    nightmares: list[ConditionFact] = []
+) -> dict[str, list[ConditionFact]]:
+    """Facts per kind ("ptsd", "nightmares", "acute-stress") from the record's Conditions: active
+    ones, and those whose status is unknown (``status_known`` False)."""
+    found: dict[str, list[ConditionFact]] = {"ptsd": [], "nightmares": [], "acute-stress": []}
     for facts in read_each(conditions, lambda c: read_condition(c, term, skipped), skipped, "Condition"):
         for f in facts:
-            (ptsd if f.kind == "ptsd" else nightmares).append(f)
-    return ptsd, nightmares
+            found[f.kind].append(f)
+    return found

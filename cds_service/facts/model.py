@@ -49,7 +49,7 @@ class Code(msgspec.Struct, frozen=True):
 class ConditionFact(msgspec.Struct, frozen=True):
     """A Condition the rules care about (PTSD or nightmares) that counts as active."""
 
-    kind: Literal["ptsd", "nightmares"]
+    kind: Literal["ptsd", "nightmares", "acute-stress"]
     reference: str | None  # "Condition/123" (None when the resource has no id)
     code: Code  # the coding that matched
     text: str | None  # Condition.code.text or the coding display
@@ -145,6 +145,8 @@ class ClinicalFacts:
     # PTSD conditions whose clinical or verification status could not be read (status unknown).
     ptsd_unknown_status: list[ConditionFact] = field(default_factory=list)
     nightmares: list[ConditionFact] = field(default_factory=list)  # active nightmare conditions only
+    # Active acute stress disorder / reaction (not PTSD: no step cards; the benzodiazepine card).
+    acute_stress: list[ConditionFact] = field(default_factory=list)
     drugs: list[DrugFact] = field(default_factory=list)  # classified MedicationRequests from the record
     draft_drugs: list[DrugFact] = field(default_factory=list)  # classified draft orders (order hooks)
     # Draft orders the hook checks whose medication cannot be read at all (order hooks).

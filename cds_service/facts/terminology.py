@@ -148,12 +148,12 @@ class _Base:
 
 def _build_conditions(data: dict[str, Any]) -> tuple[dict[tuple[str, str], frozenset[str]], frozenset]:
     kinds: dict[tuple[str, str], set[str]] = {}
-    for kind, group in (("ptsd", "ptsd"), ("nightmares", "nightmares")):
-        for row in data[group]:
+    for kind, group in (("ptsd", "ptsd"), ("nightmares", "nightmares"), ("acute-stress", "acuteStress")):
+        for row in data.get(group, []):
             key = (row["system"], normalise_code(row["system"], row["code"]))
             kinds.setdefault(key, set()).add(kind)
     not_ptsd = frozenset((r["system"], normalise_code(r["system"], r["code"])) for r in data["notPtsd"])
-    overlap = not_ptsd & kinds.keys()
+    overlap = {k for k in not_ptsd & kinds.keys() if kinds[k] & {"ptsd", "nightmares"}}
     if overlap:
         raise ValueError(f"conditions.json: codes both PTSD and not-PTSD: {sorted(overlap)}")
     return {k: frozenset(v) for k, v in kinds.items()}, not_ptsd
@@ -256,7 +256,7 @@ class Terminology:
 
     # conditions ---------------------------------------------------------------------------------
     def condition_kinds(self, system: str | None, code: str | None) -> frozenset[str]:
-        """{"ptsd"}, {"nightmares"}, both, or empty for one coding."""
+        """{"ptsd"}, {"nightmares"}, both, {"acute-stress"}, or empty for one coding."""
         return _condition_kinds(self.base, system, code)
 
     def is_not_ptsd(self, system: str | None, code: str | None) -> bool:

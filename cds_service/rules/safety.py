@@ -5,7 +5,9 @@
   sedation or seizure rescue). Order hooks: one ``critical`` card per offending draft order, with a
   delete suggestion. patient-view: one ``warning`` card naming every current benzodiazepine. A PTSD
   Condition whose status could not be read counts in the safe direction: the same cards, as
-  ``warning`` (flag ``ptsd-status-unknown``; issue #11).
+  ``warning`` (flag ``ptsd-status-unknown``; issue #11). Acute stress disorder or reaction (not
+  PTSD): the same card as a ``warning`` (flag ``acute-stress``): no drug should be offered to
+  prevent PTSD (issue #8 point 6).
 * ``order-not-checked`` — order hooks, active PTSD (or PTSD of unknown status): one ``warning``
   card naming every checked draft order whose drug cannot be read at all (it could be a
   benzodiazepine); never silence.
@@ -49,8 +51,19 @@ def _ptsd_for_safety(facts: ClinicalFacts) -> tuple[tuple, str, frozenset[str]] 
     return None
 
 
-def benzodiazepine_avoid(hook: str, facts: ClinicalFacts) -> list[Finding]:
+def _benzodiazepine_context(facts: ClinicalFacts) -> tuple[tuple, str, frozenset[str]] | None:
+    """PTSD as above; else acute stress disorder/reaction: a warning that no drug should be
+    offered to prevent PTSD (issue #8 point 6)."""
     ptsd = _ptsd_for_safety(facts)
+    if ptsd is not None:
+        return ptsd
+    if facts.acute_stress:
+        return tuple(facts.acute_stress), "warning", frozenset({"acute-stress"})
+    return None
+
+
+def benzodiazepine_avoid(hook: str, facts: ClinicalFacts) -> list[Finding]:
+    ptsd = _benzodiazepine_context(facts)
     if ptsd is None:
         return []
     conditions, order_indicator, flags = ptsd
