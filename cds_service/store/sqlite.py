@@ -63,6 +63,21 @@ def prepare_path(path: str) -> None:
 MIGRATION_LOCK_WAIT_S = 30.0
 
 
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch a new database to WAL. SQLite answers "database is locked" at once (without its busy
+    handler) when another connection opens the file in the same instant, so this retries for up to
+    MIGRATION_LOCK_WAIT_S (at start only)."""
+    deadline = time.monotonic() + MIGRATION_LOCK_WAIT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class SQLiteStore(Store):
     """Thread-safe access to one SQLite database (one connection per thread)."""
 
@@ -103,7 +118,7 @@ class SQLiteStore(Store):
             return self._migrate_with(self._connect())  # one connection is the whole database
         conn = sqlite3.connect(self.path, timeout=MIGRATION_LOCK_WAIT_S, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _set_wal(conn)
             return self._migrate_with(conn)
         finally:
             conn.close()
