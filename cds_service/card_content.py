@@ -109,6 +109,9 @@ class SuggestionTemplate:
     label: str
     actions: tuple[ActionTemplate, ...]
     visible: Visibility
+    # One suggestion per order the card is about (Finding.orders), filled with that order's values
+    # (one card per concern, one "remove" per order: issue #8 point 16).
+    each_order: bool = False
 
 
 @dataclass(frozen=True)
@@ -527,7 +530,7 @@ def _visibility(t: _Table, hooks: tuple[str, ...], flags: dict[str, str]) -> Vis
 
 
 def _load_suggestion(s: _Table, hooks, flags, check_fields) -> SuggestionTemplate:
-    s.check_keys(["label", "actions", "hooks", "when", "unless"])
+    s.check_keys(["label", "actions", "hooks", "when", "unless", "each_order"])
     label = s.text("label")
     check_fields(label, f"{s.where}.label")
     actions = []
@@ -550,7 +553,8 @@ def _load_suggestion(s: _Table, hooks, flags, check_fields) -> SuggestionTemplat
             actions.append(ActionTemplate(kind, description, None, target))
         else:
             raise a.error("type", "must be 'create' or 'delete'")
-    return SuggestionTemplate(label, tuple(actions), _visibility(s, hooks, flags))
+    return SuggestionTemplate(label, tuple(actions), _visibility(s, hooks, flags),
+                              bool(s.get("each_order", bool, required=False, default=False)))
 
 
 def _check_resource(a: _Table, resource: dict[str, Any], check_fields) -> None:

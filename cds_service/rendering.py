@@ -118,8 +118,16 @@ class CardLibrary:
                                 for c, d in card.override_reasons],
             "links": [{"label": d.title, "url": d.url, "type": "absolute"} for d in card.links],
         }
-        suggestions = [s for s in (self._suggestion(card, t, values) for t in card.suggestions
-                                   if t.visible.applies(hook, finding.flags)) if s]
+        suggestions = []
+        for t in card.suggestions:
+            if not t.visible.applies(hook, finding.flags):
+                continue
+            if t.each_order:  # one per order the card is about, with that order's values
+                filled = [self._suggestion(card, t, {**values, **order_values, "target_order": ref})
+                          for ref, order_values in finding.orders]
+            else:
+                filled = [self._suggestion(card, t, values)]
+            suggestions += [x for x in filled if x]
         if suggestions:
             result["suggestions"] = suggestions
             result["selectionBehavior"] = card.selection_behavior

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+
+import msgspec
 import json
 import re
 import shutil
@@ -258,7 +260,8 @@ def test_every_suggested_resource_is_valid_fhir_r4(library):
 
 
 def test_render_refuses_a_finding_that_does_not_fit_its_card(library):
-    base = Finding("benzodiazepine-avoid", "order-select", "critical", values={"drug": "x", "daily_dose": "y"},
+    base = Finding("benzodiazepine-avoid", "order-select", "critical",
+                   values={"drug": "x", "daily_dose": "y", "orders": "x, y"},
                    target_order="MedicationRequest/1")
     library.render(base, patient_id="p")
     for bad in (Finding("benzodiazepine-avoid", "order-select", "warning", values=base.values),
@@ -276,9 +279,23 @@ def test_delete_suggestion_targets_the_order_and_is_dropped_without_an_id(librar
     [suggestion] = card["suggestions"]
     assert suggestion["actions"] == [{"type": "delete", "description": suggestion["actions"][0]["description"],
                                       "resourceId": "MedicationRequest/d-7"}]
-    assert card["selectionBehavior"] == "at-most-one" and card["indicator"] == "critical"
-    no_id = library.render(Finding(**{**finding.__dict__, "target_order": None}), patient_id="p1")
+    assert card["selectionBehavior"] == "any" and card["indicator"] == "critical"
+    no_id = library.render(msgspec.structs.replace(finding, orders=()) if hasattr(finding, "__struct_fields__")
+                           else type(finding)(**{**finding.__dict__, "orders": ()}), patient_id="p1")
     assert "suggestions" not in no_id and "selectionBehavior" not in no_id
+
+
+def test_several_benzodiazepine_orders_are_one_card_with_one_removal_each(library):
+    """One card per concern (issue #8 point 16): both orders named, each removable on its own."""
+    [finding] = evaluate_rules("order-sign", facts(drafts=[order("lorazepam", "d-1", mg=2),
+                                                           order("clonazepam", "d-2", mg=15)]))
+    card = library.render(finding, patient_id="p1")
+    assert card["selectionBehavior"] == "any"
+    assert [s["actions"][0]["resourceId"] for s in card["suggestions"]] == ["MedicationRequest/d-1",
+                                                                            "MedicationRequest/d-2"]
+    assert [s["label"] for s in card["suggestions"]] == ["Remove the lorazepam order", "Remove the clonazepam order"]
+    assert "lorazepam, 2 mg/day; clonazepam, 15 mg/day" in card["detail"]
+    assert "lorazepam, clonazepam" in card["summary"]
 
 
 def test_create_suggestions_are_draft_resources_for_the_patient(library):

@@ -64,7 +64,7 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "ptsd-deceased.select-lorazepam": [],
     # order-sign: every draft counts
     "ptsd-new.sign-sertraline-300-and-prazosin-2": [(DOSE, "warning")],
-    "ptsd-new.sign-lorazepam-and-diazepam": [(BENZO, "critical"), (BENZO, "critical")],
+    "ptsd-new.sign-lorazepam-and-diazepam": [(BENZO, "critical")],  # one card, one removal per order
     "ptsd-ssri-failed-nightmares.sign-prazosin-30": [(DOSE, "warning")],
     "ptsd-mdma.sign-mdma": [(MDMA, "critical")],
     "benzo-no-ptsd.sign-clonazepam": [],
@@ -164,10 +164,12 @@ def test_card_details_name_the_specifics(engine, settings):
     assert "Do not stop abruptly" in pv["detail"] and "suggestions" not in pv
 
 
-def test_one_card_per_offending_order_in_order_of_the_order_id(engine, settings):
+def test_several_benzodiazepine_orders_give_one_card_that_removes_each(engine, settings):
     _body, findings, cards = run(engine, settings, "ptsd-new.sign-lorazepam-and-diazepam")
-    assert [f.target_order for f in findings] == ["MedicationRequest/d-diazepam", "MedicationRequest/d-lorazepam"]
-    assert [c["suggestions"][0]["actions"][0]["resourceId"] for c in cards] == [f.target_order for f in findings]
+    [card] = cards
+    assert [s["actions"][0]["resourceId"] for s in card["suggestions"]] == [
+        "MedicationRequest/d-lorazepam", "MedicationRequest/d-diazepam"]
+    assert card["selectionBehavior"] == "any"
 
 
 def test_no_patient_name_reaches_a_card(engine, settings):

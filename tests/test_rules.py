@@ -244,7 +244,8 @@ def test_selected_benzodiazepine_order_is_critical_with_its_target():
     assert topics(out) == ["benzodiazepine-avoid"]
     assert out[0].indicator == "critical"
     assert out[0].target_order == "MedicationRequest/d1"
-    assert out[0].values == {"drug": "lorazepam", "daily_dose": "50 mg/day"}
+    assert out[0].values == {"drug": "lorazepam", "orders": "lorazepam, 50 mg/day"}
+    assert out[0].orders == (("MedicationRequest/d1", {"drug": "lorazepam", "daily_dose": "50 mg/day"}),)
 
 
 @pytest.mark.parametrize("status, fires", [("draft", True), ("active", True), ("on-hold", True), (None, True),
@@ -258,11 +259,11 @@ def test_only_orders_being_placed_are_checked(status, fires):
     assert (topics(out) == ["benzodiazepine-avoid"]) is fires
 
 
-def test_order_sign_checks_every_draft_one_card_each():
+def test_order_sign_checks_every_draft_in_one_card():
     drafts = [order("lorazepam", "d1", selected=False), order("clonazepam", "d2", selected=False)]
-    out = evaluate_rules("order-sign", facts(drafts=drafts))
-    assert [f.target_order for f in out] == ["MedicationRequest/d1", "MedicationRequest/d2"]
-    assert {f.indicator for f in out} == {"critical"}
+    [out] = evaluate_rules("order-sign", facts(drafts=drafts))
+    assert [ref for ref, _ in out.orders] == ["MedicationRequest/d1", "MedicationRequest/d2"]
+    assert out.indicator == "critical" and out.values["drug"] == "lorazepam, clonazepam"
 
 
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])

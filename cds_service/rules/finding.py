@@ -45,3 +45,6 @@ class Finding:
     not_found: tuple[str, ...] = ()
     # Draft orders whose drug could not be read at all (order-not-checked).
     unchecked: tuple[UncheckedOrder, ...] = ()
+    # The orders a card is about, each with the values its own suggestion is filled with
+    # (reference, {"drug": ..., "daily_dose": ...}): one card per concern, one suggestion per order.
+    orders: tuple[tuple[str, Mapping[str, str]], ...] = ()

@@ -2,8 +2,8 @@
 
 * ``benzodiazepine-avoid`` — only with active PTSD, only systemic non-procedural benzodiazepines
   (``DrugFact.systemic_non_procedural``: an injection, rectal or nasal benzodiazepine is procedural
-  sedation or seizure rescue). Order hooks: one ``critical`` card per offending draft order, with a
-  delete suggestion. patient-view: one ``warning`` card naming every current benzodiazepine. A PTSD
+  sedation or seizure rescue). Order hooks: one ``critical`` card naming every offending draft
+  order, with one delete suggestion per order (selection "any"). patient-view: one ``warning`` card naming every current benzodiazepine. A PTSD
   Condition whose status could not be read counts in the safe direction: the same cards, as
   ``warning`` (flag ``ptsd-status-unknown``; issue #11). Acute stress disorder or reaction (not
   PTSD): the same card as a ``warning`` (flag ``acute-stress``): no drug should be offered to
@@ -73,12 +73,17 @@ def benzodiazepine_avoid(hook: str, facts: ClinicalFacts) -> list[Finding]:
             return []
         return [Finding(BENZODIAZEPINE, hook, "warning", conditions=conditions, drugs=tuple(current),
                         values={"drugs": names(current)}, flags=flags)]
-    return [
-        Finding(BENZODIAZEPINE, hook, order_indicator, conditions=conditions, drugs=(order,),
-                values=_order_values(order), target_order=order.reference, flags=flags)
-        for order in orders_to_check(hook, facts)
-        if order.drug_class == "benzodiazepine" and order.systemic_non_procedural
-    ]
+    offending = [order for order in orders_to_check(hook, facts)
+                 if order.drug_class == "benzodiazepine" and order.systemic_non_procedural]
+    if not offending:
+        return []
+    # One card for the concern, however many benzodiazepine orders: each named, each removable on
+    # its own (issue #8 point 16).
+    values = {"drug": names(offending),
+              "orders": "; ".join(f"{o.ingredient}, {daily_dose(o)}" for o in offending)}
+    return [Finding(BENZODIAZEPINE, hook, order_indicator, conditions=conditions, drugs=tuple(offending),
+                    values=values, target_order=offending[0].reference, flags=flags,
+                    orders=tuple((o.reference, _order_values(o)) for o in offending if o.reference))]
 
 
 def order_not_checked(hook: str, facts: ClinicalFacts) -> list[Finding]:
