@@ -171,3 +171,16 @@ def test_acute_stress_benzodiazepine_order_gets_a_warning_with_removal(client):
     assert deletes == ["MedicationRequest/mr-lorazepam"]
     view = hook_request("patient-view", prefetch=full_prefetch(conditions=[acute]))
     assert assert_conformant(call(client, "ptsd-patient-view", view)) == {"cards": []}
+
+
+def test_codes_given_by_oid_are_read_as_their_systems(client):
+    """C-CDA-derived feeds send urn:oid: systems (CODES-2 §7): a PTSD Condition and a lorazepam
+    order coded that way get the critical card (issue #8 point 7)."""
+    condition = ptsd_condition()
+    condition["code"]["coding"][0]["system"] = "urn:oid:2.16.840.1.113883.6.96"
+    order = lorazepam()
+    order["medicationCodeableConcept"] = {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": "197901"}]}
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[condition]), drafts=[order])
+    [card] = assert_conformant(call(client, "ptsd-order-sign", body))["cards"]
+    assert (card["source"]["topic"]["code"], card["indicator"]) == ("benzodiazepine-avoid", "critical")
+    assert "SNOMED CT 47505003" in card["detail"]  # shown under its name, not its OID

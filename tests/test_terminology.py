@@ -65,10 +65,27 @@ def test_ptsd_codes(term, system, code):
 
 @pytest.mark.parametrize("system, code", [
     (ICD10CM, "F43.0"), (SNOMED, "67195008"), (SNOMED, "F43.10"), (ICD10CM, "47505003"),
-    ("http://hl7.org/fhir/sid/icd-10", "F43.1"), (None, "47505003"),
+    ("http://hl7.org/fhir/sid/icd-10", "F43.0"), (None, "47505003"), ("urn:oid:2.16.840.1.113883.6.96", "F43.10"),
 ])
 def test_not_ptsd_codes(term, system, code):
     assert not term.condition_kinds(system, code) & {"ptsd", "nightmares"}
+
+
+@pytest.mark.parametrize("system, code", [
+    ("urn:oid:2.16.840.1.113883.6.96", "47505003"),   # SNOMED CT by OID (CODES-2 §7)
+    ("urn:oid:2.16.840.1.113883.6.90", "F43.10"),     # ICD-10-CM by OID
+    ("URN:OID:2.16.840.1.113883.6.90", "F4312"),
+    ("http://hl7.org/fhir/sid/icd-10", "F43.1"),      # WHO ICD-10 (non-US feeds)
+    ("urn:oid:2.16.840.1.113883.6.3", "f43.1"),       # WHO ICD-10 by OID
+])
+def test_ptsd_coded_the_way_real_feeds_code_it(term, system, code):
+    assert "ptsd" in term.condition_kinds(system, code)
+
+
+def test_drugs_by_oid(term):
+    assert term.drug_by_code("urn:oid:2.16.840.1.113883.6.88", "197901").ingredient == "lorazepam"
+    assert term.drug_by_code("urn:oid:2.16.840.1.113883.4.9", "KE1SEN21RM").drug_class == "mdma"
+    assert term.drug_by_code("urn:oid:1.2.3", "197901") is None  # an unknown OID is not RxNorm
 
 
 def test_acute_stress_is_its_own_kind_never_ptsd(term):

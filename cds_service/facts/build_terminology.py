@@ -118,6 +118,11 @@ def _row(entry: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: entry[k] for k in keys if entry.get(k) not in (None, "")}
 
 
+# CODES-2.md §7 (second table): a non-US feed may send F43.1 with the WHO ICD-10 system; the code is
+# the ICD-10 category of ICD-10-CM's verified F43.10/.11/.12 — "match it as PTSD" (unverified row).
+WHO_ICD10_PTSD = [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "F43.1",
+                   "display": "Post-traumatic stress disorder", "status": "unverified",
+                   "source": "CODES-2.md §7: WHO ICD-10 F43.1 (category shared with ICD-10-CM); match it as PTSD"}]
 ACUTE_STRESS = {("http://snomed.info/sct", "67195008"), ("http://hl7.org/fhir/sid/icd-10-cm", "F43.0")}
 
 
@@ -128,7 +133,7 @@ def build_conditions(clinical: Path) -> dict[str, Any]:
         "description": "Condition codes: active PTSD, active nightmares, and stress disorders that are NOT PTSD.",
         "source": f"CODES.md §1-§2; {CODELISTS} groups ptsd-condition, nightmare, ptsd-related-not-ptsd",
         "generatedBy": GENERATED_BY,
-        "ptsd": [_row(e, *keys) for e in groups["ptsd-condition"] if e.get("code")],
+        "ptsd": [_row(e, *keys) for e in groups["ptsd-condition"] if e.get("code")] + WHO_ICD10_PTSD,
         "nightmares": [_row(e, *keys) for e in groups["nightmare"] if e.get("code")],
         "notPtsd": [_row(e, *keys) for e in groups["ptsd-related-not-ptsd"] if e.get("code")],
         # Acute stress disorder / reaction: not PTSD (no step cards), but a benzodiazepine for it

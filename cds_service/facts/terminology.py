@@ -49,6 +49,7 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "terminology"
 
 SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"  # WHO ICD-10 (non-US feeds)
 ICD11 = "http://id.who.int/icd/release/11/mms"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 UNII = "http://fdasis.nlm.nih.gov"
@@ -59,10 +60,20 @@ ConditionKind = str  # "ptsd" | "nightmares"
 
 # --- small pure helpers ---------------------------------------------------------------------------
 def canonical_system(system: str | None) -> str | None:
-    """Trim whitespace and a trailing ``/`` from a code system URI (None stays None)."""
+    """Trim whitespace and a trailing ``/`` from a code system URI (None stays None); a
+    ``urn:oid:`` form listed in ``systems.json`` becomes its URI (CODES-2 §7: C-CDA-derived feeds
+    send OIDs)."""
     if not isinstance(system, str):
         return None
-    return system.strip().rstrip("/") or None
+    system = system.strip().rstrip("/")
+    if system[:8].lower() == "urn:oid:":
+        return _oid_uris().get(system[8:], system)
+    return system or None
+
+
+@lru_cache(maxsize=1)
+def _oid_uris() -> dict[str, str]:
+    return {s["oid"]: s["uri"] for s in _read("systems.json")["systems"] if s.get("oid")}
 
 
 def normalise_code(system: str | None, code: str | None) -> str | None:
@@ -70,7 +81,7 @@ def normalise_code(system: str | None, code: str | None) -> str | None:
     if not isinstance(code, str):
         return None
     code = code.strip()
-    if system == ICD10CM:
+    if system == ICD10CM or system == ICD10:
         code = code.replace(".", "").upper()
     return code or None
 
