@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.builders import (full_prefetch, hook_request, lorazepam, ptsd_condition, sertraline,
+from tests.builders import (full_prefetch, hook_request, lorazepam, med_request, ptsd_condition, sertraline,
                             topics)
 from tests.conftest import assert_conformant
 from tests.reference import SHARED
@@ -184,3 +184,17 @@ def test_codes_given_by_oid_are_read_as_their_systems(client):
     [card] = assert_conformant(call(client, "ptsd-order-sign", body))["cards"]
     assert (card["source"]["topic"]["code"], card["indicator"]) == ("benzodiazepine-avoid", "critical")
     assert "SNOMED CT 47505003" in card["detail"]  # shown under its name, not its OID
+
+
+def test_a_current_opioid_is_named_on_the_benzodiazepine_card(client):
+    """The boxed warning's first item (issue #8 point 8): a patient with a current opioid
+    (methadone here, CODES-2 §4a) and a benzodiazepine draft — the card names the opioid."""
+    methadone = med_request("mr-methadone", "6813", "methadone", status="active", authored="2026-11-01", dose_mg=30)
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()], medications=[methadone]),
+                        drafts=[lorazepam()])
+    [card] = assert_conformant(call(client, "ptsd-order-sign", body))["cards"]
+    assert card["source"]["topic"]["code"] == "benzodiazepine-avoid"
+    assert "With an opioid (current or ordered: methadone)" in card["detail"]
+    assert "MedicationRequest/mr-methadone" in card["detail"]  # listed under "Why this card"
+    alone = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[lorazepam()])
+    assert "With an opioid" not in assert_conformant(call(client, "ptsd-order-sign", alone))["cards"][0]["detail"]

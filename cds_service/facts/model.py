@@ -14,7 +14,7 @@ import msgspec
 from datetime import date
 from typing import Literal
 
-DrugClass = Literal["benzodiazepine", "ssri", "snri", "prazosin", "mdma"]
+DrugClass = Literal["benzodiazepine", "ssri", "snri", "prazosin", "mdma", "opioid"]
 # Ingredient names are lower-case generic names: "sertraline", "paroxetine", "fluoxetine",
 # "venlafaxine", "prazosin", "midomafetamine", "lorazepam", "diazepam", "alprazolam", ...
 TherapyKind = Literal["prolonged-exposure", "cognitive-processing-therapy", "emdr"]

@@ -9,6 +9,7 @@ clinical reference material; every entry carries a ``source``):
 * ``routes.json``       - words marking injection / rectal / nasal administration.
 * ``psychotherapy.json``- trauma-focused therapy ids, verified codes and text patterns.
 * ``thresholds.json``   - current-order window and adequate-SSRI-trial thresholds.
+* ``opioids.json``      - opioid ingredients (named on the benzodiazepine card; hand-maintained).
 
 ``Terminology.load()`` reads them once per process (cached) and builds set/dict look-ups and
 compiled regular expressions, so every look-up during a hook call is O(1) or one regex search.
@@ -221,6 +222,11 @@ def _build_thresholds(data: dict[str, Any]) -> Thresholds:
 def _base() -> _Base:
     conditions, not_ptsd = _build_conditions(_read("conditions.json"))
     meds = _read("medications.json")
+    opioids = _read("opioids.json")["ingredients"]
+    overlap = set(opioids) & set(meds["ingredients"])
+    if overlap:
+        raise ValueError(f"opioids.json: ingredients already in medications.json: {sorted(overlap)}")
+    meds = {**meds, "ingredients": {**meds["ingredients"], **opioids}}
     name_regex, name_map = _build_names(meds)
     routes = _read("routes.json")
     therapy_codes, therapy_patterns, exclusion = _build_therapies(_read("psychotherapy.json"))

@@ -67,12 +67,17 @@ def benzodiazepine_avoid(hook: str, facts: ClinicalFacts) -> list[Finding]:
     if ptsd is None:
         return []
     conditions, order_indicator, flags = ptsd
+    # The boxed warning's first item: concomitant use with opioids (issue #8 point 8).
+    opioids = facts.current("opioid") + [d for d in orders_to_check(hook, facts) if d.drug_class == "opioid"]
+    opioid_values = {"opioids": names(opioids)} if opioids else {}
+    if opioids:
+        flags = flags | {"opioid"}
     if hook == PATIENT_VIEW:
         current = [d for d in facts.current("benzodiazepine") if d.systemic_non_procedural]
         if not current:
             return []
-        return [Finding(BENZODIAZEPINE, hook, "warning", conditions=conditions, drugs=tuple(current),
-                        values={"drugs": names(current)}, flags=flags)]
+        return [Finding(BENZODIAZEPINE, hook, "warning", conditions=conditions, drugs=tuple(current + opioids),
+                        values={"drugs": names(current), **opioid_values}, flags=flags)]
     offending = [order for order in orders_to_check(hook, facts)
                  if order.drug_class == "benzodiazepine" and order.systemic_non_procedural]
     if not offending:
@@ -80,8 +85,8 @@ def benzodiazepine_avoid(hook: str, facts: ClinicalFacts) -> list[Finding]:
     # One card for the concern, however many benzodiazepine orders: each named, each removable on
     # its own (issue #8 point 16).
     values = {"drug": names(offending),
-              "orders": "; ".join(f"{o.ingredient}, {daily_dose(o)}" for o in offending)}
-    return [Finding(BENZODIAZEPINE, hook, order_indicator, conditions=conditions, drugs=tuple(offending),
+              "orders": "; ".join(f"{o.ingredient}, {daily_dose(o)}" for o in offending), **opioid_values}
+    return [Finding(BENZODIAZEPINE, hook, order_indicator, conditions=conditions, drugs=tuple(offending + opioids),
                     values=values, target_order=offending[0].reference, flags=flags,
                     orders=tuple((o.reference, _order_values(o)) for o in offending if o.reference))]
 
