@@ -311,7 +311,7 @@ def test_mdma_orders_are_critical_per_selected_order_for_any_patient():
     ("sertraline", 12.5, "below"), ("sertraline", 250, "above"),
     ("paroxetine", 10, "below"), ("paroxetine", 60, "above"),
     ("venlafaxine", 25, "below"), ("venlafaxine", 450, "above"),
-    ("prazosin", 0.5, "below"), ("prazosin", 30, "above"),
+    ("prazosin", 30, "above"),  # prazosin: no lower bound (issue #8 point 12)
 ])
 def test_dose_outside_the_range_warns(ingredient, mg, direction):
     out = evaluate_rules("order-select", facts(drafts=[order(ingredient, "x", mg=mg)]))
@@ -324,7 +324,7 @@ def test_dose_outside_the_range_warns(ingredient, mg, direction):
 
 @pytest.mark.parametrize("ingredient, mg", [("sertraline", 25), ("sertraline", 200), ("paroxetine", 20),
                                             ("paroxetine", 50), ("venlafaxine", 37.5), ("venlafaxine", 300),
-                                            ("prazosin", 1), ("prazosin", 20), ("sertraline", None),
+                                            ("prazosin", 0.5), ("prazosin", 12), ("sertraline", None),
                                             ("fluoxetine", 100)])
 def test_dose_in_range_unknown_or_unchecked_is_silent(ingredient, mg):
     assert evaluate_rules("order-sign", facts(drafts=[order(ingredient, "x", mg=mg)])) == []
@@ -355,9 +355,23 @@ def test_unknown_hook_is_refused():
 
 def test_guideline_dose_ranges_are_the_issue_ranges():
     ranges = load_guideline().dose_ranges
-    assert {k: (r.min_mg, r.max_mg) for k, r in ranges.items()} == {
-        "sertraline": (25, 200), "paroxetine": (20, 50), "venlafaxine": (37.5, 300), "prazosin": (1, 20)}
+    assert {k: (r.min_mg, r.max_mg, r.max_mg_male) for k, r in ranges.items()} == {
+        "sertraline": (25, 200, None), "paroxetine": (20, 50, None), "venlafaxine": (37.5, 300, None),
+        "prazosin": (None, 12, 20)}  # issue #8 point 12: VA trial maxima by sex, no "usual range"
     assert all(r.source and (r.url is None or r.url.startswith("https://")) for r in ranges.values())
+
+
+@pytest.mark.parametrize("sex, mg, fires", [
+    ("male", 20, False), ("male", 21, True), ("female", 13, True), ("female", 12, False),
+    (None, 13, True), ("unknown", 13, True), ("male", 0.5, False),  # no lower bound
+])
+def test_prazosin_upper_bound_by_sex(sex, mg, fires):
+    f = facts(drafts=[order("prazosin", "p1", mg=mg)])
+    f.sex = sex
+    out = [x for x in evaluate_rules("order-sign", f) if x.topic == "dose-out-of-range"]
+    assert bool(out) == fires
+    if out:
+        assert out[0].values["dose_range"] == ("up to 20 mg/day" if sex == "male" else "up to 12 mg/day")
 
 
 def test_bad_guideline_data_is_refused_with_the_field_named(tmp_path):

@@ -198,7 +198,9 @@ def test_card_page_says_when_it_fires_from_the_rules_data(client, app):
     assert f"shown only when none of these applies first: {before}." in page
     dose = text_of(client.get("/cards/dose-out-of-range").get_data(as_text=True))
     for r in GUIDELINE.dose_ranges.values():
-        assert f"{r.ingredient} {r.min_mg:g} {r.max_mg:g}" in dose
+        low = f"{r.min_mg:g}" if r.min_mg is not None else "—"
+        high = f"{r.max_mg:g}" + (f" (men: {r.max_mg_male:g})" if r.max_mg_male else "")
+        assert f"{r.ingredient} {low} {high}" in dose
     nightmares = text_of(client.get("/cards/step-3-nightmares").get_data(as_text=True))
     assert "independent step" in nightmares
     resp = client.get("/cards/no-such-card")

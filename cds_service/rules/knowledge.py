@@ -18,14 +18,24 @@ class GuidelineDataError(ValueError):
 @dataclass(frozen=True)
 class DoseRange:
     ingredient: str
-    min_mg: float
-    max_mg: float
+    min_mg: float | None  # None: no lower bound is checked
+    max_mg: float  # the upper bound (for a patient whose sex is not recorded, and women)
     source: str  # the label / trial it comes from
     url: str | None  # its web address, when one is on file (never made up)
     not_for_forms: tuple[str, ...] = ()  # drug-name words of formulations the range is not for
+    max_mg_male: float | None = None  # a higher upper bound for men, when the source gives one
 
-    def contains(self, daily_mg: float) -> bool:
-        return self.min_mg <= daily_mg <= self.max_mg
+    def max_for(self, sex: str | None) -> float:
+        """The upper bound for a patient's recorded sex (unknown sex: the lower, safer bound)."""
+        return self.max_mg_male if sex == "male" and self.max_mg_male is not None else self.max_mg
+
+    def contains(self, daily_mg: float, sex: str | None = None) -> bool:
+        return (self.min_mg is None or self.min_mg <= daily_mg) and daily_mg <= self.max_for(sex)
+
+    def describe(self, sex: str | None = None) -> str:
+        """"25–200 mg/day", or "up to 12 mg/day" without a lower bound."""
+        high = f"{self.max_for(sex):g}"
+        return f"up to {high} mg/day" if self.min_mg is None else f"{self.min_mg:g}–{high} mg/day"
 
     def applies_to(self, drug_label: str) -> bool:
         """False for a formulation the range was not written for (e.g. controlled-release)."""
@@ -61,10 +71,11 @@ def load_guideline(path: Path = GUIDELINE_FILE) -> Guideline:
     ranges: dict[str, DoseRange] = {}
     for ingredient, row in _need(data, "dose_ranges", dict, top).items():
         where = f"{path.name}: dose_ranges.{ingredient}"
-        low = float(_need(row, "min_mg", (int, float), where))
+        low = float(_need(row, "min_mg", (int, float), where)) if "min_mg" in row else None
         high = float(_need(row, "max_mg", (int, float), where))
-        if not 0 < low < high:
-            raise GuidelineDataError(f"{where}: need 0 < min_mg < max_mg")
+        male = float(_need(row, "max_mg_male", (int, float), where)) if "max_mg_male" in row else None
+        if not ((low is None or 0 < low < high) and high > 0 and (male is None or male >= high)):
+            raise GuidelineDataError(f"{where}: need 0 < min_mg < max_mg <= max_mg_male")
         url = row.get("url")
         if url is not None and not (isinstance(url, str) and url.startswith("https://")):
             raise GuidelineDataError(f"{where}.url must be an absolute https URL")
@@ -72,7 +83,7 @@ def load_guideline(path: Path = GUIDELINE_FILE) -> Guideline:
         if not isinstance(forms, list) or not all(isinstance(f, str) and f for f in forms):
             raise GuidelineDataError(f"{where}.not_for_forms must be a list of words")
         ranges[ingredient] = DoseRange(ingredient, low, high, _need(row, "source", str, where), url,
-                                       tuple(forms))
+                                       tuple(forms), male)
     patient = _need(data, "patient", dict, top)
     adult = _need(patient, "adult_age_years", int, f"{path.name}: patient")
     deceased = patient.get("no_cards_when_deceased")

@@ -130,16 +130,16 @@ def dose_out_of_range(hook: str, facts: ClinicalFacts) -> list[Finding]:
         if limits is None or order.daily_dose_mg is None or not limits.applies_to(order.label):
             continue
         low = order.daily_dose_low_mg if order.daily_dose_low_mg is not None else order.daily_dose_mg
-        if order.daily_dose_mg > limits.max_mg:
+        if order.daily_dose_mg > limits.max_for(facts.sex):
             direction = "above"  # the most that may be given (a range's high end) is too much
-        elif low < limits.min_mg:
+        elif limits.min_mg is not None and low < limits.min_mg:
             direction = "below"  # the least that may be given (a range's low end) is too little
         else:
             continue
         values = {
             **_order_values(order),
             "direction": direction,
-            "dose_range": f"{mg(limits.min_mg)}–{mg(limits.max_mg)} mg/day",
+            "dose_range": limits.describe(facts.sex),
         }
         # flags pick the card paragraphs: the drug's own dosing statement and the direction.
         findings.append(Finding(DOSE, hook, "warning", conditions=tuple(facts.ptsd), drugs=(order,),

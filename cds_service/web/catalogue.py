@@ -111,7 +111,8 @@ def _card_view(card: CardTemplate, titles: dict[str, str], readme_rows: dict[str
                             "actions": [{"type": a.type, "description": a.description} for a in s.actions]})
     dose_ranges = []
     if card.topic == "dose-out-of-range":
-        dose_ranges = [{"ingredient": r.ingredient, "min_mg": _num(r.min_mg), "max_mg": _num(r.max_mg),
+        dose_ranges = [{"ingredient": r.ingredient, "min_mg": _num(r.min_mg) if r.min_mg is not None else "—",
+                        "max_mg": _num(r.max_mg) + (f" (men: {_num(r.max_mg_male)})" if r.max_mg_male else ""),
                         "source": r.source, "url": r.url, "not_for_forms": list(r.not_for_forms)}
                        for r in GUIDELINE.dose_ranges.values()]
     readme = readme_rows.get(card.path.name)
