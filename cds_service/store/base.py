@@ -93,6 +93,21 @@ FEEDBACK_COLUMNS = ("item_hash", "service_id", "card_uuid", "outcome", "outcome_
                     "item_json", "client_iss", "demo", "received_at", "received_week")
 
 
+def feedback_query(service_id: str | None, card_uuid: str | None, placeholder: str) -> tuple[str, list[str]]:
+    """The stored-feedback read of both engines (``placeholder``: "?" for SQLite, "%s" for psycopg)."""
+    sql = "SELECT service_id, item_json, client_iss, demo, received_at FROM feedback"
+    where, args = [], []
+    if service_id:
+        where.append(f"service_id = {placeholder}")
+        args.append(service_id)
+    if card_uuid:
+        where.append(f"card_uuid = {placeholder}")
+        args.append(card_uuid)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql + " ORDER BY id", args
+
+
 def issued_rows(cards: Iterable[IssuedCard]) -> list[tuple]:
     return [(c.uuid, c.topic, c.service_id, c.hook, c.patient_key, float(c.issued_at), iso_week(c.issued_at),
              bool(c.demo)) for c in cards]

@@ -32,7 +32,7 @@ from cds_service.config import redact_url
 from cds_service.store import migrations
 from cds_service.store.base import (
     DAY, FEEDBACK_COLUMNS, FEEDBACK_COUNTS_SQL, ISSUED_COLUMNS, ISSUED_COUNTS_SQL, IssuedCard, Store,
-    StoreUnavailable, feedback_count_dicts, feedback_rows, issued_count_dicts, issued_rows,
+    StoreUnavailable, feedback_count_dicts, feedback_query, feedback_rows, issued_count_dicts, issued_rows,
 )
 from cds_service.store.sqlite import PURGE_BATCH, PURGE_EVERY, SQLiteStore
 
@@ -246,18 +246,9 @@ class PostgresStore(Store):
             raise
 
     def feedback(self, service_id: str | None = None, card_uuid: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT service_id, item_json, client_iss, demo, received_at FROM feedback"
-        where, args = [], []
-        if service_id:
-            where.append("service_id = %s")
-            args.append(service_id)
-        if card_uuid:
-            where.append("card_uuid = %s")
-            args.append(card_uuid)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql, args = feedback_query(service_id, card_uuid, "%s")
         with self._conn("feedback read") as conn:
-            rows = conn.execute(sql + " ORDER BY id", args).fetchall()
+            rows = conn.execute(sql, args).fetchall()
         return [{"service": s, "item": json.loads(j), "client": c, "demo": bool(d), "received_at": r}
                 for s, j, c, d, r in rows]
 

@@ -21,7 +21,8 @@ from typing import Any, Iterable
 from cds_service.store import migrations
 from cds_service.store.base import (
     DAY, FEEDBACK_COLUMNS, FEEDBACK_COUNTS_SQL, ISSUED_COLUMNS, ISSUED_COUNTS_SQL, IssuedCard,
-    MemoryReplayCache, Store, StoreUnavailable, feedback_count_dicts, feedback_rows, issued_count_dicts, issued_rows,
+    MemoryReplayCache, Store, StoreUnavailable, feedback_count_dicts, feedback_query, feedback_rows,
+    issued_count_dicts, issued_rows,
 )
 
 log = logging.getLogger("ptsd_cds.store")
@@ -209,17 +210,8 @@ class SQLiteStore(Store):
 
     def feedback(self, service_id: str | None = None, card_uuid: str | None = None) -> list[dict[str, Any]]:
         """Stored feedback items (oldest first), optionally for one service or card."""
-        sql = "SELECT service_id, item_json, client_iss, demo, received_at FROM feedback"
-        where, args = [], []
-        if service_id:
-            where.append("service_id = ?")
-            args.append(service_id)
-        if card_uuid:
-            where.append("card_uuid = ?")
-            args.append(card_uuid)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        rows = self._read(sql + " ORDER BY id", args)
+        sql, args = feedback_query(service_id, card_uuid, "?")
+        rows = self._read(sql, args)
         return [{"service": s, "item": json.loads(j), "client": c, "demo": bool(d), "received_at": r}
                 for s, j, c, d, r in rows]
 
