@@ -30,6 +30,7 @@ THERAPY_NAMES = {
     "prolonged-exposure": "prolonged exposure (PE)",
     "cognitive-processing-therapy": "cognitive processing therapy (CPT)",
     "emdr": "EMDR",
+    "image-rehearsal-therapy": "image rehearsal therapy (IRT)",
 }
 
 

@@ -40,7 +40,7 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "ptsd-ssri-renewals.patient-view": [(S4, "info")],  # 3 monthly orders = one adequate course
     "ptsd-ssri-failed-nightmares.patient-view": [(S4, "info"), (S3, "info")],
     "ptsd-not-combined.patient-view": [(S5, "info")],
-    "ptsd-all-done.patient-view": [(S6, "info")],
+    "ptsd-all-done.patient-view": [(S6, "info"), (S3, "info")],  # nightmares, prazosin taken, no IRT (issue #8)
     "ptsd-mdma.patient-view": [(MDMA, "warning"), (S1, "info")],
     "mdma-no-ptsd.patient-view": [(MDMA, "warning")],
     # patient-view: must stay silent

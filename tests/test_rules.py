@@ -214,12 +214,30 @@ def test_nightmares_without_prazosin_add_step_3_after_the_ladder_card():
     assert f.not_found
 
 
-@pytest.mark.parametrize("status, fires", [("completed", False), ("active", False), ("stopped", False),
-                                           ("cancelled", True), ("entered-in-error", True)])
-def test_nightmare_card_only_when_prazosin_was_never_taken(status, fires):
+@pytest.mark.parametrize("status", ["completed", "active", "stopped", "cancelled"])
+def test_the_nightmare_card_stays_whatever_prazosin_was_taken(status):
+    """Image rehearsal therapy is the recommended treatment (AASM 2018); prazosin "may be used":
+    the card fires while nightmares are active and IRT is not done, whatever the prazosin
+    (issue #8 point 12)."""
     prazosin = drug("prazosin", mg=2, status=status, current=status == "active")
-    out = topics(evaluate_rules("patient-view", facts(nightmare=True, drugs=[prazosin])))
-    assert ("step-3-nightmares" in out) is fires
+    out = evaluate_rules("patient-view", facts(nightmare=True, drugs=[prazosin]))
+    assert "step-3-nightmares" in topics(out)
+
+
+def test_the_nightmare_card_is_silent_once_image_rehearsal_therapy_is_done():
+    f = facts(nightmare=True)
+    f.irt_sessions = [TherapySession("Procedure/irt1", "image-rehearsal-therapy", "Imagery rehearsal therapy",
+                                     "name", None, date(2026, 6, 1))]
+    assert "step-3-nightmares" not in topics(evaluate_rules("patient-view", f))
+
+
+def test_image_rehearsal_therapy_is_read_by_text_and_never_counts_as_a_ptsd_session():
+    from cds_service.facts import builders as b, extract_facts
+
+    irt = b.procedure(text="Imagery rehearsal therapy for nightmares", id="irt", performed="2026-05-01")
+    referral = b.procedure(text="Referral for image rehearsal therapy", id="ref", performed="2026-05-02")
+    got = extract_facts(b.record(procedures=[irt, referral]), today=TODAY, hook="patient-view")
+    assert [s.reference for s in got.irt_sessions] == ["Procedure/irt"] and got.sessions == []
 
 
 # --- benzodiazepines --------------------------------------------------------------------------

@@ -17,7 +17,9 @@ from typing import Literal
 DrugClass = Literal["benzodiazepine", "ssri", "snri", "prazosin", "mdma", "opioid"]
 # Ingredient names are lower-case generic names: "sertraline", "paroxetine", "fluoxetine",
 # "venlafaxine", "prazosin", "midomafetamine", "lorazepam", "diazepam", "alprazolam", ...
-TherapyKind = Literal["prolonged-exposure", "cognitive-processing-therapy", "emdr"]
+TherapyKind = Literal["prolonged-exposure", "cognitive-processing-therapy", "emdr", "image-rehearsal-therapy"]
+# Image rehearsal therapy treats nightmares: never a trauma-focused PTSD session.
+NIGHTMARE_THERAPY = "image-rehearsal-therapy"
 MatchedBy = Literal["valueset", "ingredient", "name", "code-map"]
 
 # MedicationRequest statuses (FHIR R4) that mean the drug was never taken: "cancelled" = withdrawn
@@ -152,6 +154,8 @@ class ClinicalFacts:
     # Draft orders the hook checks whose medication cannot be read at all (order hooks).
     unchecked_orders: list[UncheckedOrder] = field(default_factory=list)
     sessions: list[TherapySession] = field(default_factory=list)  # completed trauma-focused sessions
+    # Completed image rehearsal therapy sessions (nightmares; not counted in ``sessions``).
+    irt_sessions: list[TherapySession] = field(default_factory=list)
     ssri_trials: list[SsriTrial] = field(default_factory=list)
     # Resources that could not be read (malformed); counted per resourceType, no patient data.
     skipped: dict[str, int] = field(default_factory=dict)

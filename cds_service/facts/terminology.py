@@ -55,7 +55,8 @@ ICD11 = "http://id.who.int/icd/release/11/mms"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 UNII = "http://fdasis.nlm.nih.gov"
 
-THERAPIES: tuple[TherapyKind, ...] = ("prolonged-exposure", "cognitive-processing-therapy", "emdr")
+THERAPIES: tuple[TherapyKind, ...] = ("prolonged-exposure", "cognitive-processing-therapy", "emdr",
+                                      "image-rehearsal-therapy")
 ConditionKind = str  # "ptsd" | "nightmares"
 
 

@@ -10,7 +10,8 @@ whose condition holds is the card shown:
 5. ``step-5-combine`` — psychotherapy and an SSRI/venlafaxine never overlapped in time.
 6. ``step-6-specialized-referral`` — none of the above applies.
 
-``step-3-nightmares`` is independent of the ladder: active nightmares and prazosin never taken.
+``step-3-nightmares`` is independent of the ladder: active nightmares and no image rehearsal
+therapy recorded (whatever the prazosin dose).
 
 How the SSRI steps read the trial facts (the ordering subtlety)
 ----------------------------------------------------------------
@@ -60,7 +61,9 @@ def needs_ssri(facts: ClinicalFacts) -> bool:
 
 
 def needs_nightmare_treatment(facts: ClinicalFacts) -> bool:
-    return facts.has_active_nightmares and not tried(facts, "prazosin")
+    """Active nightmares and no completed image rehearsal therapy (the recommended treatment,
+    AASM 2018), whatever the prazosin dose (issue #8 point 12)."""
+    return facts.has_active_nightmares and not facts.irt_sessions
 
 
 def needs_venlafaxine(facts: ClinicalFacts) -> bool:
@@ -128,7 +131,8 @@ def _nightmares(facts: ClinicalFacts, hook: str) -> Finding:
     return Finding(
         STEP_3, hook, "info",
         conditions=tuple(facts.ptsd) + tuple(facts.nightmares),
-        not_found=("prazosin prescription",),
+        drugs=tuple(d for d in facts.drugs if d.ingredient == "prazosin" and d.was_taken),
+        not_found=("image rehearsal therapy session",),
     )
 
 
