@@ -350,7 +350,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"ptsd-cds: {exc.message}", file=sys.stderr)
         return 1
     today = args.today or settings.today or date.today()
-    cards = engine.evaluate(data["hook"], record, today)
+    cards = engine.evaluate(data["hook"], record, today, catalogue_base=settings.public_url)
     json.dump({"cards": cards}, sys.stdout, indent=2, ensure_ascii=False)
     print()
     if args.strict:

@@ -52,9 +52,13 @@ class Engine:
         facts = extract_facts(record, today=today, hook=hook, terminology=self.terminology)
         return sorted(evaluate_rules(hook, facts), key=card_order), facts.skipped
 
-    def run(self, hook: str, record: PatientRecord, today: date) -> Outcome:
+    def run(self, hook: str, record: PatientRecord, today: date, catalogue_base: str | None = None) -> Outcome:
+        """``catalogue_base``: the service's absolute base URL (PTSD_CDS_PUBLIC_URL, else the URL
+        called); each card then links its kind's page in the card catalogue (``/cards/<code>``)."""
         findings, skipped = self.run_rules(hook, record, today)
-        return Outcome([self.cards.render(f, patient_id=record.patient_id) for f in findings], skipped)
+        return Outcome([self.cards.render(f, patient_id=record.patient_id, catalogue_base=catalogue_base)
+                        for f in findings], skipped)
 
-    def evaluate(self, hook: str, record: PatientRecord, today: date) -> list[dict[str, Any]]:
-        return self.run(hook, record, today).cards
+    def evaluate(self, hook: str, record: PatientRecord, today: date,
+                 catalogue_base: str | None = None) -> list[dict[str, Any]]:
+        return self.run(hook, record, today, catalogue_base).cards

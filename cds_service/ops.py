@@ -11,11 +11,12 @@ and the optional restriction of every operations path.
   this process: no CDN, nothing fetched by the browser from elsewhere.
 
 Restriction (``guard``, app-wide and path-based so that routes other modules add under these
-paths - the ``/feedback`` dashboard, the ``/cards`` catalogue - are covered automatically): the
+paths - the ``/feedback`` dashboard - are covered automatically): the
 paths in ``OPS_PREFIXES`` hold no patient data and are open by default. With PTSD_CDS_OPS_TOKEN
 set, they need ``Authorization: Bearer <token>`` (compared in constant time); with
 PTSD_CDS_OPS_NETWORKS set, the client address must be in one of those networks. Either failing
-is a 401 OperationOutcome. ``/healthz`` and ``/readyz`` stay open for load balancers. Hand-written
+is a 401 OperationOutcome. ``/healthz`` and ``/readyz`` stay open for load balancers, and the
+``/cards`` catalogue stays open because every card links its page there for the clinician. Hand-written
 because it is a prefix test and a ``hmac.compare_digest``; no library adds anything here.
 """
 
@@ -39,7 +40,6 @@ OPS_PREFIXES: tuple[tuple[str, frozenset[str] | None], ...] = (
     ("/openapi", None),
     ("/docs", None),
     ("/feedback", frozenset({"GET", "HEAD"})),
-    ("/cards", None),
 )
 
 DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "

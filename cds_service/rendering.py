@@ -59,7 +59,7 @@ class CardLibrary:
         return cls(load_cards(cards_dir, topics=topics))
 
     # -- rendering ------------------------------------------------------------------------
-    def render(self, finding: Finding, *, patient_id: str) -> dict[str, Any]:
+    def render(self, finding: Finding, *, patient_id: str, catalogue_base: str | None = None) -> dict[str, Any]:
         card = self.cards.get(finding.topic)
         if card is None:
             raise RenderError(f"no card file for topic {finding.topic!r}")
@@ -117,7 +117,10 @@ class CardLibrary:
             },
             "overrideReasons": [{"code": c, "system": OVERRIDE_REASON, "display": d}
                                 for c, d in card.override_reasons],
-            "links": [{"label": d.title, "url": d.url, "type": "absolute"} for d in card.links],
+            "links": [{"label": d.title, "url": d.url, "type": "absolute"} for d in card.links]
+            + ([{"label": f"This card in the ptsd-cds catalogue: {card.title}",
+                 "url": f"{catalogue_base.rstrip('/')}/cards/{card.topic}", "type": "absolute"}]
+               if catalogue_base and catalogue_base.startswith(("https://", "http://")) else []),
         }
         suggestions = []
         for t in card.suggestions:

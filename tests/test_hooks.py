@@ -198,3 +198,18 @@ def test_a_current_opioid_is_named_on_the_benzodiazepine_card(client):
     assert "MedicationRequest/mr-methadone" in card["detail"]  # listed under "Why this card"
     alone = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[lorazepam()])
     assert "With an opioid" not in assert_conformant(call(client, "ptsd-order-sign", alone))["cards"][0]["detail"]
+
+
+def test_each_card_links_its_page_in_the_card_catalogue(make_app):
+    """A card links its kind's catalogue page absolutely: from PTSD_CDS_PUBLIC_URL behind a proxy,
+    else from the URL the EHR called (issue #8 point 15)."""
+    body = hook_request("order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[lorazepam()])
+    behind = make_app(public_url="https://cds.example.org/ptsd").test_client()
+    [card] = assert_conformant(call(behind, "ptsd-order-sign", body))["cards"]
+    assert {"label": "This card in the ptsd-cds catalogue: Benzodiazepines: recommended against in PTSD",
+            "url": "https://cds.example.org/ptsd/cards/benzodiazepine-avoid", "type": "absolute"} in card["links"]
+    direct = make_app().test_client()
+    [card] = assert_conformant(call(direct, "ptsd-order-sign", body))["cards"]
+    assert "http://localhost/cards/benzodiazepine-avoid" in [link["url"] for link in card["links"]]
+    page = direct.get("/cards/benzodiazepine-avoid")
+    assert page.status_code == 200 and "Benzodiazepines: recommended against in PTSD" in page.get_data(as_text=True)

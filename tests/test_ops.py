@@ -81,7 +81,7 @@ def test_healthz_and_readyz_stay_open_when_ops_paths_are_restricted(make_app):
 # --- restriction of the operations paths ------------------------------------------------------------
 @pytest.mark.parametrize("method, path", [
     ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs/"), ("GET", "/feedback"),
-    ("GET", "/feedback/report.csv"), ("GET", "/cards"), ("GET", "/cards/benzodiazepine-avoid"),
+    ("GET", "/feedback/report.csv"),
 ])
 def test_ops_paths_need_the_token_when_it_is_set(make_app, method, path):
     client = make_app(ops_token=TOKEN).test_client()
@@ -319,3 +319,11 @@ def test_behind_a_proxy_the_client_address_comes_from_x_forwarded_for(make_app):
     assert client.get("/metrics", headers={"X-Forwarded-For": "10.9.9.9"}).status_code == 200
     direct = make_app(ops_networks="10.0.0.0/8").test_client()  # no proxy: the header is ignored
     assert direct.get("/metrics", headers={"X-Forwarded-For": "10.9.9.9"}).status_code == 401
+
+
+def test_the_card_catalogue_stays_open_when_ops_paths_are_restricted(make_app):
+    """Every card links its catalogue page for the clinician (issue #8 point 15): it holds no
+    patient data and stays open when the operations paths need the token."""
+    client = make_app(ops_token=TOKEN).test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/cards/benzodiazepine-avoid").status_code == 200 and client.get("/cards").status_code == 200

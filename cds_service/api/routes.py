@@ -148,7 +148,9 @@ def call_service(service_id: str):
     record = gather_record(data, identity=g.identity, settings=c.settings, policy=c.outbound,
                            session_factory=session_factory)
     today = c.settings.today or date.today()
-    outcome = c.engine.run(service.hook, record, today)
+    # The catalogue page of each card kind, linked absolutely (PTSD_CDS_PUBLIC_URL, else the URL called).
+    base = c.settings.public_url or request.host_url
+    outcome = c.engine.run(service.hook, record, today, catalogue_base=base)
     g.log["cards"] = len(outcome.cards)
     _record_issued(outcome.cards, service, data, c)
     if outcome.cards:
