@@ -141,11 +141,6 @@ def read_view(raw: Any, view: type[V]) -> tuple[V, bool]:
     return _convert(raw, view)
 
 
-def read_element(raw: Any, view: type[V]) -> V | None:
-    """One element (a CodeableConcept, a Reference...) degraded the same way; None unless an object."""
-    return _convert(raw, view)[0] if isinstance(raw, dict) else None
-
-
 # --- reading views --------------------------------------------------------------------------------
 @lru_cache(maxsize=8192)
 def to_date(text: str | None) -> date | None:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from cds_service.codesystems import PSYCHOTHERAPY
+from cds_service.facts.fhir_read import MAX_MATCH_TEXT
 from cds_service.facts.model import DrugClass, MatchedBy, TherapyKind
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "terminology"
@@ -319,7 +320,7 @@ class Terminology:
 
 # Look-ups by text are memoised per distinct text (a record of 1,000 identical orders matches the
 # name once); texts are cut to MAX_TEXT characters before any pattern sees them.
-MAX_TEXT = 512
+MAX_TEXT = MAX_MATCH_TEXT
 
 
 @lru_cache(maxsize=8192)

@@ -13,10 +13,13 @@ rolling upgrade; a step that would break the previous build must say so in docs/
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 Step = str | Callable[[Any], None]
+
+log = logging.getLogger("ptsd_cds.store")
 
 SCHEMA_VERSION_DDL = ("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
                       " description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
@@ -113,3 +116,18 @@ def latest(migrations: list[tuple[int, str, list[Step]]]) -> int:
     return migrations[-1][0]
 
 
+def apply(conn: Any, plan: list[tuple[int, str, list[Step]]], engine: str, placeholder: str) -> None:
+    """Run every migration of ``plan`` not yet in ``schema_version`` and record it, inside the
+    caller's transaction (which holds the engine's migration lock). ``placeholder``: "?" (SQLite)
+    or "%s" (psycopg)."""
+    conn.execute(SCHEMA_VERSION_DDL)
+    done = {v for (v,) in conn.execute("SELECT version FROM schema_version")}
+    insert = ("INSERT INTO schema_version (version, description, applied_at) VALUES "
+              f"({placeholder}, {placeholder}, {placeholder})")
+    for version, description, steps in plan:
+        if version in done:
+            continue
+        for step in steps:
+            step(conn) if callable(step) else conn.execute(step)
+        conn.execute(insert, (version, description, now()))
+        log.info("%s schema migrated to version %d (%s)", engine, version, description)

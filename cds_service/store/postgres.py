@@ -169,16 +169,7 @@ class PostgresStore(Store):
             with conn.transaction():
                 conn.execute("SET LOCAL statement_timeout = 0")
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (migrations.PG_MIGRATION_LOCK,))
-                conn.execute(migrations.SCHEMA_VERSION_DDL)
-                done = {v for (v,) in conn.execute("SELECT version FROM schema_version")}
-                for version, description, steps in migrations.POSTGRESQL:
-                    if version in done:
-                        continue
-                    for step in steps:
-                        step(conn) if callable(step) else conn.execute(step)
-                    conn.execute("INSERT INTO schema_version (version, description, applied_at)"
-                                 " VALUES (%s, %s, %s)", (version, description, time.time()))
-                    log.info("PostgreSQL schema migrated to version %d (%s)", version, description)
+                migrations.apply(conn, migrations.POSTGRESQL, "PostgreSQL", "%s")
         self.schema_version = migrations.latest(migrations.POSTGRESQL)
 
     def _sync_fallback(self) -> None:

@@ -15,8 +15,9 @@ import sqlite3
 import stat
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from cds_service.store import migrations
 from cds_service.store.base import (
@@ -62,6 +63,19 @@ def prepare_path(path: str) -> None:
 
 
 MIGRATION_LOCK_WAIT_S = 30.0
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (BEGIN IMMEDIATE takes the write lock at once): committed when the
+    block ends, rolled back when it raises (the caller sees the exception)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:
@@ -125,22 +139,8 @@ class SQLiteStore(Store):
             conn.close()
 
     def _migrate_with(self, conn: sqlite3.Connection) -> int:
-        conn.execute("BEGIN IMMEDIATE")  # the write lock: one process migrates, the others wait
-        try:
-            conn.execute(migrations.SCHEMA_VERSION_DDL)
-            done = {v for (v,) in conn.execute("SELECT version FROM schema_version")}
-            for version, description, steps in migrations.SQLITE:
-                if version in done:
-                    continue
-                for step in steps:
-                    step(conn) if callable(step) else conn.execute(step)
-                conn.execute("INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                             (version, description, time.time()))
-                log.info("SQLite schema migrated to version %d (%s)", version, description)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with _immediate(conn):  # the write lock: one process migrates, the others wait
+            migrations.apply(conn, migrations.SQLITE, "SQLite", "?")
         return migrations.latest(migrations.SQLITE)
 
     def _write(self, sql: str, args: Iterable[Any] = ()) -> int:
@@ -197,13 +197,8 @@ class SQLiteStore(Store):
                f" VALUES ({', '.join('?' * len(FEEDBACK_COLUMNS))})")
         try:
             conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 stored = sum(conn.execute(sql, row).rowcount for row in rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite write failed: {type(exc).__name__}") from None
         return stored
@@ -243,13 +238,8 @@ class SQLiteStore(Store):
             conn = self._connect()
             conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                conn.execute("BEGIN IMMEDIATE")  # all rows in one transaction
-                try:
+                with _immediate(conn):  # all rows in one transaction
                     result = write(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
             finally:
                 conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
@@ -285,8 +275,7 @@ class SQLiteStore(Store):
         horizon = now - self.retention
         try:
             conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 counts = {
                     "replay": conn.execute("DELETE FROM jwt_replay WHERE expires_at < ?", (now,)).rowcount,
                     "feedback": conn.execute("DELETE FROM feedback WHERE received_at < ?", (horizon,)).rowcount,
@@ -294,10 +283,6 @@ class SQLiteStore(Store):
                                                  (horizon,)).rowcount,
                     "snoozes": conn.execute("DELETE FROM snoozes WHERE until < ?", (now,)).rowcount,
                 }
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite purge failed: {type(exc).__name__}") from None
         return counts
