@@ -49,7 +49,18 @@ def install_feedback_limit(app: Flask, rate: str) -> Limiter:
     # call pays nothing for the feedback limit.
     funcs = app.before_request_funcs.get(None, [])
     app.before_request_funcs[None] = [f for f in funcs if f != limiter._check_request_limit]
+    # Its after_request (rate-limit headers: disabled here; conditional deductions: none used) and
+    # teardown (resets a context that lives on the request context, dropped with it anyway) hooks
+    # would run on every request too: taken out, for the same reason.
+    app.after_request_funcs[None] = [f for f in app.after_request_funcs.get(None, []) if not _owned(f, limiter)]
+    app.teardown_request_funcs[None] = [f for f in app.teardown_request_funcs.get(None, [])
+                                        if not _owned(f, limiter)]
     return limiter
+
+
+def _owned(func, limiter: Limiter) -> bool:
+    """A request hook flask-limiter registered for ``limiter`` (a bound method or a partial of it)."""
+    return getattr(func, "__self__", None) is limiter or limiter in getattr(func, "args", ())
 
 
 def rate_limited(exc: RateLimitExceeded):

@@ -108,10 +108,15 @@ class JwtAuthenticator:
         token = bearer_token(authorization_header)
 
         # --- header -------------------------------------------------------------------
+        # One unverified read gives the header and the claims that pick the key (PyJWT parses the
+        # token again when it verifies it: two parses per call, not three).
         try:
-            header = jwt.get_unverified_header(token)
+            unverified_token = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
         except jwt.PyJWTError:
-            raise AuthenticationError("malformed token (header)") from None
+            raise AuthenticationError(f"malformed token ({_bad_part(token)})") from None
+        header = unverified_token["header"]
+        if not isinstance(header, dict):
+            raise AuthenticationError("malformed token (header)")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
             raise AuthenticationError(f"algorithm {_safe(alg)} not accepted")
@@ -126,10 +131,7 @@ class JwtAuthenticator:
             raise AuthenticationError("token jku is not a string")
 
         # --- issuer (unverified, only to pick the keys) --------------------------------
-        try:
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            raise AuthenticationError("malformed token (payload)") from None
+        unverified = unverified_token["payload"]
         iss = unverified.get("iss")
         if not isinstance(iss, str) or not iss:
             raise AuthenticationError("token has no iss")
@@ -203,3 +205,12 @@ class JwtAuthenticator:
             raise AuthenticationError(f"replayed jti {_safe(jti)} (issuer {_safe(iss)})")
 
         return ClientIdentity(iss=iss, tenant=tenant, jti=jti, kid=kid, fhir_servers=issuer.fhir_servers)
+
+
+def _bad_part(token: str) -> str:
+    """Which part of an unreadable token is at fault, for the operator (error path only)."""
+    try:
+        jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        return "header"
+    return "payload"
