@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from cds_service.codesystems import BASE, CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY
+from cds_service.rules import SAFETY_TOPICS
 from cds_service.rules.finding import HOOKS
 
 SHARED_FILE = "shared.toml"
@@ -30,6 +31,12 @@ VERIFICATION_NOTE = {
     "secondary": " *(Read in a secondary source, not in the primary document.)*",
     "recall": " *(Recalled, not re-checked against the primary source: needs a check.)*",
 }
+# Card kinds no feedback ever snoozes, on any hook (issue #8 point 18): the benzodiazepine, MDMA,
+# dose and order-not-checked cards (every safety card of the rules). A snoozable override reason
+# offered by one of them is a load error.
+NEVER_SNOOZED = frozenset(SAFETY_TOPICS)
+# The display of a snoozable override reason on a card (``days``: PTSD_CDS_SNOOZE_DAYS).
+SNOOZE_NOTE = "{display} (hides this card for this patient for {days} days)"
 # Placeholders the renderer fills itself (the card file still declares the ones it uses).
 BUILTIN = {"patient_id", "target_order", "open_steps"}
 PROJECT_SYSTEMS = {CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY}
@@ -138,6 +145,10 @@ class CardTemplate:
     indicator_when: tuple[tuple[str, str], ...] = ()
     # flag -> {hook: summary}: when the rule sets the flag, this summary replaces the hook's one.
     summary_when: tuple[tuple[str, dict[str, str]], ...] = ()
+    # The codes of ``override_reasons`` marked ``snoozable = true`` in shared.toml: dismissing the
+    # card with one of them silences this card kind for the patient for PTSD_CDS_SNOOZE_DAYS
+    # (service rule, issue #8 point 18). Always empty for a NEVER_SNOOZED card kind.
+    snoozable_reasons: frozenset[str] = frozenset()
 
 
 # --- reading TOML with errors that name the file and field -----------------------------------
@@ -291,12 +302,12 @@ def load_cards(cards_dir: str | Path, *, topics: Iterable[str] | None = None) ->
     shared = _Table(_read_toml(shared_path), SHARED_FILE)
     shared.check_keys(["sources", "override_reasons"])
     documents = _load_documents(shared)
-    reasons = _load_override_reasons(shared)
+    reasons, snoozable = _load_override_reasons(shared)
     cards: dict[str, CardTemplate] = {}
     for path in sorted(directory.glob("*.toml")):
         if path.name == SHARED_FILE:
             continue
-        card = _load_card(path, documents, reasons)
+        card = _load_card(path, documents, reasons, snoozable)
         cards[card.topic] = card
     if not cards:
         raise CardContentError(f"{directory}: no card files")
@@ -334,12 +345,26 @@ def _load_documents(shared: _Table) -> dict[str, Document]:
     return documents
 
 
-def _load_override_reasons(shared: _Table) -> dict[str, str]:
+def _load_override_reasons(shared: _Table) -> tuple[dict[str, str], frozenset[str]]:
+    """code -> display, and the snoozable codes. A reason is ``code = "display"``, or
+    ``code = { display = "...", snoozable = true }`` when dismissing a card with it snoozes the card."""
     reasons = shared.table("override_reasons")
-    for code, display in reasons.data.items():
-        if not _FLAG.match(code) or not isinstance(display, str) or not display.strip():
+    displays: dict[str, str] = {}
+    snoozable = set()
+    for code, value in reasons.data.items():
+        if not _FLAG.match(code):
             raise reasons.error(code, "needs a code like 'patient-declined' and a display text")
-    return dict(reasons.data)
+        if isinstance(value, dict):
+            t = reasons.table(code)
+            t.check_keys(["display", "snoozable"])
+            displays[code] = t.text("display")
+            if t.get("snoozable", bool, required=False, default=False):
+                snoozable.add(code)
+        elif isinstance(value, str) and value.strip():
+            displays[code] = value.strip()
+        else:
+            raise reasons.error(code, "needs a code like 'patient-declined' and a display text")
+    return displays, frozenset(snoozable)
 
 
 _CARD_KEYS = ["topic", "title", "hooks", "selection_behavior", "override_reasons", "links", "indicator",
@@ -347,7 +372,8 @@ _CARD_KEYS = ["topic", "title", "hooks", "selection_behavior", "override_reasons
               "summary", "source", "placeholders", "flags", "detail", "citations", "suggestions"]
 
 
-def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, str]) -> CardTemplate:
+def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, str],
+               snoozable: frozenset[str] = frozenset()) -> CardTemplate:
     t = _Table(_read_toml(path), path.name)
     t.check_keys(_CARD_KEYS)
     topic = t.text("topic")
@@ -443,6 +469,10 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
     unknown = [c for c in codes if c not in reasons]
     if unknown:
         raise t.error("override_reasons", f"not defined in {SHARED_FILE}: {unknown}")
+    card_snoozable = frozenset(c for c in codes if c in snoozable)
+    if card_snoozable and topic in NEVER_SNOOZED:
+        raise t.error("override_reasons", f"{sorted(card_snoozable)} are snoozable in {SHARED_FILE}, but a "
+                                          f"{topic} card is never snoozed (service rule): offer other reasons")
 
     return CardTemplate(
         path=path, topic=topic, title=t.text("title"), hooks=hooks, indicators=indicators,
@@ -450,7 +480,7 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
         summaries=summaries, source_label=source.text("label"), source_document=source_doc,
         placeholders=placeholders, flags=flags, paragraphs=tuple(paragraphs), citations=citations,
         links=links, suggestions=suggestions, selection_behavior=behavior,
-        override_reasons=tuple((c, reasons[c]) for c in codes),
+        override_reasons=tuple((c, reasons[c]) for c in codes), snoozable_reasons=card_snoozable,
     )
 
 

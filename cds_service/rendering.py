@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from cds_service.card_content import (  # noqa: F401  (CardContentError, BUILTIN: re-exported)
-    BUILTIN, SUMMARY_LIMIT, VERIFICATION_NOTE, CardContentError, CardTemplate, Citation,
+    BUILTIN, SNOOZE_NOTE, SUMMARY_LIMIT, VERIFICATION_NOTE, CardContentError, CardTemplate, Citation,
     SuggestionTemplate, fill_resource, load_cards, prune, template_fields,
 )
 from cds_service.codesystems import CARD_TOPIC, OVERRIDE_REASON
@@ -47,6 +47,9 @@ class RenderError(RuntimeError):
 class CardLibrary:
     def __init__(self, cards: dict[str, CardTemplate]):
         self.cards = cards
+        # PTSD_CDS_SNOOZE_DAYS (set by the engine): a snoozable override reason says for how long
+        # it hides the card, so the clinician knows before choosing it (issue #8 point 18).
+        self.snooze_days: int | None = None
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -115,8 +118,8 @@ class CardLibrary:
                 "url": card.source_document.url,
                 "topic": {"system": CARD_TOPIC, "code": card.topic, "display": card.title},
             },
-            "overrideReasons": [{"code": c, "system": OVERRIDE_REASON, "display": d}
-                                for c, d in card.override_reasons],
+            "overrideReasons": [{"code": c, "system": OVERRIDE_REASON,
+                                 "display": self._reason_display(card, c, d)} for c, d in card.override_reasons],
             "links": [{"label": d.title, "url": d.url, "type": "absolute"} for d in card.links]
             + ([{"label": f"This card in the ptsd-cds catalogue: {card.title}",
                  "url": f"{catalogue_base.rstrip('/')}/cards/{card.topic}", "type": "absolute"}]
@@ -136,6 +139,11 @@ class CardLibrary:
             result["suggestions"] = suggestions
             result["selectionBehavior"] = card.selection_behavior
         return prune(result)
+
+    def _reason_display(self, card: CardTemplate, code: str, display: str) -> str:
+        if self.snooze_days and code in card.snoozable_reasons:
+            return SNOOZE_NOTE.format(display=display, days=self.snooze_days)
+        return display
 
     def _fill(self, card: CardTemplate, template: str, values: Mapping[str, str], part: str) -> str:
         needed = template_fields(template, f"{card.path.name}: {part}")
