@@ -295,3 +295,32 @@ def test_marking_a_safety_cards_reason_snoozable_or_a_misspelt_entry_is_refused(
     shared.write_text(text.replace(declined, declined.replace("true", '"yes"')))
     with pytest.raises(CardContentError, match=r"snoozable: must be a bool"):
         load_cards(cards_copy, topics=TOPICS)
+
+
+# --- the engine: snoozes asked for only when they can matter ----------------------------------------
+@pytest.mark.parametrize("name, asked, shown", [
+    ("ptsd-ssri-failed-nightmares.patient-view", 1, [S3]),   # S4 snoozed, S3 shown
+    ("ptsd-benzo-therapy.patient-view", 1, [BENZO, S1]),     # a benzodiazepine card is never left out
+    ("mdma-no-ptsd.patient-view", 0, ["mdma-investigational"]),  # only a safety card: no store read
+    ("benzo-no-ptsd.patient-view", 0, []),                    # no card at all
+    ("ptsd-benzo-therapy.select-lorazepam", 0, [BENZO]),      # order hooks: never
+])
+def test_the_engine_asks_for_snoozes_only_when_a_snoozable_card_would_be_shown(name, asked, shown):
+    from tests.test_engine_table import TODAY, load, record_of
+    from cds_service.config import Settings
+    from cds_service.engine import Engine
+
+    settings = Settings(auth="off", env="development")
+    engine = Engine(settings)
+    assert engine.snoozable_topics == set(TOPICS) - NEVER_SNOOZED
+    calls = []
+
+    def snoozed():
+        calls.append(1)
+        return {S4, BENZO, "mdma-investigational"}  # a benzodiazepine or MDMA snooze is never honoured
+
+    body = load(name)
+    outcome = engine.run(body["hook"], record_of(body, settings), TODAY, snoozed=snoozed)
+    assert len(calls) == asked
+    assert [c["source"]["topic"]["code"] for c in outcome.cards] == shown
+    assert outcome.snoozed == ([S4] if S4 not in shown and asked and "nightmares" in name else [])
