@@ -256,29 +256,28 @@ def _snooze_from_feedback(items: list[dict[str, Any]], service: ServiceDefinitio
     Best-effort, after the feedback is stored: a failure here never changes the answer."""
     if g.get("demo_client", False):
         return
-    now = c.clock()
     snoozed = 0
-    for item in items:
-        reason = (item.get("overrideReason") or {}).get("reason") or {}
-        if (item.get("outcome") != "overridden" or reason.get("system") != OVERRIDE_REASON
-                or reason.get("code") not in c.engine.snoozable_reasons):
-            continue  # no store read for feedback that cannot snooze
-        try:
+    try:
+        now = c.clock()
+        for item in items:
+            reason = (item.get("overrideReason") or {}).get("reason") or {}
+            if (item.get("outcome") != "overridden" or reason.get("system") != OVERRIDE_REASON
+                    or reason.get("code") not in c.engine.snoozable_reasons):
+                continue  # no store read for feedback that cannot snooze
             issued = c.store.issued_card(item["card"])
             if (issued is None or issued.demo or not issued.patient_key or issued.service_id != service.id
                     or not c.engine.snoozes(issued.topic, reason.get("code"))):
                 continue
-            until = max(issued.issued_at, min(_posix(item["outcomeTimestamp"], now), now)) + c.settings.snooze_days * DAY
+            dismissed = max(issued.issued_at, min(_posix(item["outcomeTimestamp"], now), now))
+            until = dismissed + c.settings.snooze_days * DAY
             if until > now:
                 c.store.add_snooze(issued.patient_key, issued.topic, until)
                 snoozed += 1
-        except StoreUnavailable:
-            g.log["snooze_write"] = "skipped"
-            return
-        except Exception as exc:  # noqa: BLE001 - stored feedback is acknowledged whatever happens here
-            log.error("snooze from feedback failed: %s", type(exc).__name__)
-            g.log["snooze_write"] = "failed"
-            return
+    except StoreUnavailable:
+        g.log["snooze_write"] = "skipped"
+    except Exception as exc:  # noqa: BLE001 - stored feedback is acknowledged whatever happens here
+        log.error("snooze from feedback failed: %s", type(exc).__name__)
+        g.log["snooze_write"] = "failed"
     if snoozed:
         g.log["snoozes_set"] = snoozed
 
