@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from flask import Flask, Response, g
 from flask_cors import CORS
@@ -52,6 +53,8 @@ class Components:
     outbound: OutboundPolicy
     engine: Any
     patient_key_secret: bytes = b""  # HMAC key of the stored patient hashes (cds_service/patient_key.py)
+    # POSIX time of the store's records (issued cards, snoozes); replaced by tests to move time on
+    clock: Callable[[], float] = time.time
 
 
 def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from cds_service.codesystems import BASE, CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY
+from cds_service.rules import SAFETY_TOPICS
 from cds_service.rules.finding import HOOKS
 
 SHARED_FILE = "shared.toml"
@@ -30,6 +31,12 @@ VERIFICATION_NOTE = {
     "secondary": " *(Read in a secondary source, not in the primary document.)*",
     "recall": " *(Recalled, not re-checked against the primary source: needs a check.)*",
 }
+# Card kinds no feedback ever snoozes, on any hook (issue #8 point 18): the benzodiazepine, MDMA,
+# dose and order-not-checked cards (every safety card of the rules). A snoozable override reason
+# offered by one of them is a load error.
+NEVER_SNOOZED = frozenset(SAFETY_TOPICS)
+# The display of a snoozable override reason on a card (``days``: PTSD_CDS_SNOOZE_DAYS).
+SNOOZE_NOTE = "{display} (hides this card for this patient for {days} days)"
 # Placeholders the renderer fills itself (the card file still declares the ones it uses).
 BUILTIN = {"patient_id", "target_order", "open_steps"}
 PROJECT_SYSTEMS = {CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY}
@@ -94,6 +101,9 @@ class Paragraph:
     text: str
     cite: tuple[str, ...]
     visible: Visibility
+    # ``catalogue_only = true``: shown on the card kind's catalogue page (/cards/<topic>), never
+    # in the card itself — where the long explanation goes (issue #8 point 15).
+    catalogue_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,10 @@ class CardTemplate:
     indicator_when: tuple[tuple[str, str], ...] = ()
     # flag -> {hook: summary}: when the rule sets the flag, this summary replaces the hook's one.
     summary_when: tuple[tuple[str, dict[str, str]], ...] = ()
+    # The codes of ``override_reasons`` marked ``snoozable = true`` in shared.toml: dismissing the
+    # card with one of them silences this card kind for the patient for PTSD_CDS_SNOOZE_DAYS
+    # (service rule, issue #8 point 18). Always empty for a NEVER_SNOOZED card kind.
+    snoozable_reasons: frozenset[str] = frozenset()
 
 
 # --- reading TOML with errors that name the file and field -----------------------------------
@@ -291,12 +305,12 @@ def load_cards(cards_dir: str | Path, *, topics: Iterable[str] | None = None) ->
     shared = _Table(_read_toml(shared_path), SHARED_FILE)
     shared.check_keys(["sources", "override_reasons"])
     documents = _load_documents(shared)
-    reasons = _load_override_reasons(shared)
+    reasons, snoozable = _load_override_reasons(shared)
     cards: dict[str, CardTemplate] = {}
     for path in sorted(directory.glob("*.toml")):
         if path.name == SHARED_FILE:
             continue
-        card = _load_card(path, documents, reasons)
+        card = _load_card(path, documents, reasons, snoozable)
         cards[card.topic] = card
     if not cards:
         raise CardContentError(f"{directory}: no card files")
@@ -334,12 +348,26 @@ def _load_documents(shared: _Table) -> dict[str, Document]:
     return documents
 
 
-def _load_override_reasons(shared: _Table) -> dict[str, str]:
+def _load_override_reasons(shared: _Table) -> tuple[dict[str, str], frozenset[str]]:
+    """code -> display, and the snoozable codes. A reason is ``code = "display"``, or
+    ``code = { display = "...", snoozable = true }`` when dismissing a card with it snoozes the card."""
     reasons = shared.table("override_reasons")
-    for code, display in reasons.data.items():
-        if not _FLAG.match(code) or not isinstance(display, str) or not display.strip():
+    displays: dict[str, str] = {}
+    snoozable = set()
+    for code, value in reasons.data.items():
+        if not _FLAG.match(code):
             raise reasons.error(code, "needs a code like 'patient-declined' and a display text")
-    return dict(reasons.data)
+        if isinstance(value, dict):
+            t = reasons.table(code)
+            t.check_keys(["display", "snoozable"])
+            displays[code] = t.text("display")
+            if t.get("snoozable", bool, required=False, default=False):
+                snoozable.add(code)
+        elif isinstance(value, str) and value.strip():
+            displays[code] = value.strip()
+        else:
+            raise reasons.error(code, "needs a code like 'patient-declined' and a display text")
+    return displays, frozenset(snoozable)
 
 
 _CARD_KEYS = ["topic", "title", "hooks", "selection_behavior", "override_reasons", "links", "indicator",
@@ -347,7 +375,8 @@ _CARD_KEYS = ["topic", "title", "hooks", "selection_behavior", "override_reasons
               "summary", "source", "placeholders", "flags", "detail", "citations", "suggestions"]
 
 
-def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, str]) -> CardTemplate:
+def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, str],
+               snoozable: frozenset[str] = frozenset()) -> CardTemplate:
     t = _Table(_read_toml(path), path.name)
     t.check_keys(_CARD_KEYS)
     topic = t.text("topic")
@@ -413,7 +442,7 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
     citations = _load_citations(t, documents)
     paragraphs = []
     for p in t.tables("detail", required=True):
-        p.check_keys(["text", "cite", "hooks", "when", "unless"])
+        p.check_keys(["text", "cite", "hooks", "when", "unless", "catalogue_only"])
         text = p.text("text")
         if _RAW_HTML.search(text):
             raise p.error("text", "raw HTML is not allowed (GitHub-flavoured Markdown only)")
@@ -422,7 +451,10 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
         unknown = [c for c in cite if c not in citations]
         if unknown:
             raise p.error("cite", f"unknown citation(s) {unknown}")
-        paragraphs.append(Paragraph(text, cite, _visibility(p, hooks, flags)))
+        paragraphs.append(Paragraph(text, cite, _visibility(p, hooks, flags),
+                                    bool(p.get("catalogue_only", bool, required=False, default=False))))
+    if paragraphs and all(p.catalogue_only for p in paragraphs):
+        raise t.error("detail", "needs at least one paragraph shown on the card (not catalogue_only)")
     used = {c for p in paragraphs for c in p.cite}
     unused = sorted(set(citations) - used)
     if unused:
@@ -443,6 +475,10 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
     unknown = [c for c in codes if c not in reasons]
     if unknown:
         raise t.error("override_reasons", f"not defined in {SHARED_FILE}: {unknown}")
+    card_snoozable = frozenset(c for c in codes if c in snoozable)
+    if card_snoozable and topic in NEVER_SNOOZED:
+        raise t.error("override_reasons", f"{sorted(card_snoozable)} are snoozable in {SHARED_FILE}, but a "
+                                          f"{topic} card is never snoozed (service rule): offer other reasons")
 
     return CardTemplate(
         path=path, topic=topic, title=t.text("title"), hooks=hooks, indicators=indicators,
@@ -450,7 +486,7 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
         summaries=summaries, source_label=source.text("label"), source_document=source_doc,
         placeholders=placeholders, flags=flags, paragraphs=tuple(paragraphs), citations=citations,
         links=links, suggestions=suggestions, selection_behavior=behavior,
-        override_reasons=tuple((c, reasons[c]) for c in codes),
+        override_reasons=tuple((c, reasons[c]) for c in codes), snoozable_reasons=card_snoozable,
     )
 
 
@@ -579,3 +615,80 @@ def _check_resource(a: _Table, resource: dict[str, Any], check_fields) -> None:
     problems = suggested_resource_problems(sample)
     if problems:
         raise CardContentError(f"{where}: not a valid FHIR R4 {resource.get('resourceType')}: {'; '.join(problems)}")
+
+
+# --- brevity: what a clinician reads (issue #8 point 15) -----------------------------------------
+# Advice and evidence of a rendered card's detail, in visible characters: the paragraphs and the
+# sources, without "Why this card" (bounded on its own: at most three facts) and without the link
+# to the card's catalogue page. The long explanation belongs in a ``catalogue_only`` paragraph.
+DETAIL_LIMIT = 700
+# Text that is the project's or the reference material's bookkeeping, never a clinician's reading.
+INTERNAL_TEXT: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("an issue number", re.compile(r"issue #", re.IGNORECASE)),
+    ("a section sign of the reference material", re.compile("§")),
+    ("a reference file name", re.compile(r"GUIDELINE-FACTS|\bCODES\b")),
+    ("a reviewer's note", re.compile(r"first author not confirmed|no web address on file", re.IGNORECASE)),
+    ("'>=' or '<=' instead of words", re.compile(r">=|<=")),
+    ("weeks with decimals", re.compile(r"\b\d+\.\d+\s*weeks?\b", re.IGNORECASE)),
+    ("a raw resource id", re.compile(
+        r"\b(?:MedicationRequest|MedicationStatement|Medication|Condition|Procedure|Patient|ServiceRequest|"
+        r"Observation|Encounter|Practitioner)/[A-Za-z0-9\-.]{1,64}")),
+)
+_MD_LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]*)\)")
+_WHY_HEADING = "### Why this card"
+
+
+def visible_text(markdown_text: str) -> str:
+    """Markdown as a reader sees it: link labels without their addresses, no emphasis marks,
+    headings and bullets, escapes undone, runs of blank space as one."""
+    text = _MD_LINK.sub(r"\1", markdown_text)
+    text = re.sub(r"^#{1,6}\s+", "", text, flags=re.MULTILINE)
+    text = re.sub(r"^\s*[-*]\s+", "", text, flags=re.MULTILINE)
+    text = text.replace("**", "").replace("*", "")
+    text = re.sub(r"\\(.)", r"\1", text)
+    return " ".join(text.split())
+
+
+def advice_and_evidence(detail: str) -> str:
+    """The detail without "Why this card" and without a line linking the catalogue (``/cards/``)."""
+    if _WHY_HEADING in detail:
+        before, after = detail.split(_WHY_HEADING, 1)
+        rest = after.split("\n### ", 1)
+        detail = before + ("\n### " + rest[1] if len(rest) == 2 else "")
+    lines = [line for line in detail.splitlines()
+             if not any("/cards/" in url for _label, url in _MD_LINK.findall(line))]
+    return "\n".join(lines)
+
+
+def clinician_texts(card: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, visible text) of every part of a rendered card a clinician reads."""
+    out = [("summary", card.get("summary", "")), ("detail", visible_text(card.get("detail", "")))]
+    out.append(("source.label", (card.get("source") or {}).get("label", "")))
+    for i, s in enumerate(card.get("suggestions", [])):
+        out.append((f"suggestions[{i}].label", s.get("label", "")))
+        out += [(f"suggestions[{i}].actions[{j}].description", a.get("description", ""))
+                for j, a in enumerate(s.get("actions", []))]
+    out += [(f"links[{i}].label", link.get("label", "")) for i, link in enumerate(card.get("links", []))]
+    out += [(f"overrideReasons[{i}].display", r.get("display", ""))
+            for i, r in enumerate(card.get("overrideReasons", []))]
+    return out
+
+
+def brevity_problems(rendered_card: dict[str, Any], *, limit: int = DETAIL_LIMIT) -> list[str]:
+    """What makes a rendered card too long or shows a clinician internal text; [] when none.
+
+    * the detail's advice and evidence (``advice_and_evidence``, visible characters) over ``limit``;
+    * internal text (``INTERNAL_TEXT``) anywhere a clinician reads it: summary, detail (the
+      "Why this card" list too), suggestion labels and descriptions, link labels, override reasons.
+    """
+    problems = []
+    size = len(visible_text(advice_and_evidence(rendered_card.get("detail", ""))))
+    if size > limit:
+        problems.append(f"detail: {size} characters of advice and evidence (at most ~{limit}; "
+                        "move the explanation to a catalogue_only paragraph)")
+    for where, text in clinician_texts(rendered_card):
+        for what, pattern in INTERNAL_TEXT:
+            match = pattern.search(text)
+            if match:
+                problems.append(f"{where}: {what} ({match.group(0)!r})")
+    return problems

@@ -27,6 +27,14 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields, validate
 
 from cds_service.schemas.feedback import FeedbackRequestSchema
+
+SNOOZE_NOTE = (
+    "Acknowledged only once stored (503 with Retry-After when the store cannot take it). Snooze "
+    "(service rule): a guideline-step card overridden with one of its overrideReasons marked "
+    "snoozable in the card data (its display says for how long; code and system as offered) is "
+    "not shown again on patient-view for that patient for PTSD_CDS_SNOOZE_DAYS (default 30); the "
+    "benzodiazepine, MDMA, dose and order-not-checked cards are never snoozed (docs/INTEGRATION.md)."
+)
 from cds_service.schemas.request import CONTEXT_SCHEMAS, FHIR_ID, USER_TYPES, HookRequestSchema
 from cds_service.schemas.response import ResponseSchema
 from cds_service.services import SERVICES
@@ -198,6 +206,7 @@ def openapi_document() -> dict[str, Any]:
         }})
         spec.path(f"/cds-services/{service.id}/feedback", operations={"post": {
             "summary": f"Feedback on {service.id} cards (accepted / overridden)",
+            "description": SNOOZE_NOTE,
             "operationId": _camel(service.id) + "Feedback", "security": jwt,
             "requestBody": {"required": True, "content": {JSON: {"schema": "FeedbackRequest"}}},
             "responses": responses("/cds-services/{id}/feedback", "post", stored),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from cds_service.card_content import (  # noqa: F401  (CardContentError, BUILTIN: re-exported)
-    BUILTIN, SUMMARY_LIMIT, VERIFICATION_NOTE, CardContentError, CardTemplate, Citation,
+    BUILTIN, SNOOZE_NOTE, SUMMARY_LIMIT, VERIFICATION_NOTE, CardContentError, CardTemplate, Citation,
     SuggestionTemplate, fill_resource, load_cards, prune, template_fields,
 )
 from cds_service.codesystems import CARD_TOPIC, OVERRIDE_REASON
@@ -34,10 +34,6 @@ THERAPY_NAMES = {
 }
 
 
-# Bounds on the "Why this card" list (issue #7: the detail must not grow with the record).
-MAX_CONDITION_LINES = 3
-MAX_DRUG_LINES = 6
-MAX_REFS = 3
 
 
 class RenderError(RuntimeError):
@@ -47,6 +43,9 @@ class RenderError(RuntimeError):
 class CardLibrary:
     def __init__(self, cards: dict[str, CardTemplate]):
         self.cards = cards
+        # PTSD_CDS_SNOOZE_DAYS (set by the engine): a snoozable override reason says for how long
+        # it hides the card, so the clinician knows before choosing it (issue #8 point 18).
+        self.snooze_days: int | None = None
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -89,7 +88,8 @@ class CardLibrary:
         if len(summary) >= SUMMARY_LIMIT:  # cannot happen after the load-time check; kept as a guard
             raise RenderError(f"{card.path.name}: summary has {len(summary)} characters")
 
-        paragraphs = [p for p in card.paragraphs if p.visible.applies(hook, finding.flags)]
+        paragraphs = [p for p in card.paragraphs
+                      if not p.catalogue_only and p.visible.applies(hook, finding.flags)]
         md_values = {k: v if k in BUILTIN else md_escape(v) for k, v in values.items()}
         cited: list[Citation] = []
         blocks = []
@@ -115,8 +115,8 @@ class CardLibrary:
                 "url": card.source_document.url,
                 "topic": {"system": CARD_TOPIC, "code": card.topic, "display": card.title},
             },
-            "overrideReasons": [{"code": c, "system": OVERRIDE_REASON, "display": d}
-                                for c, d in card.override_reasons],
+            "overrideReasons": [{"code": c, "system": OVERRIDE_REASON,
+                                 "display": self._reason_display(card, c, d)} for c, d in card.override_reasons],
             "links": [{"label": d.title, "url": d.url, "type": "absolute"} for d in card.links]
             + ([{"label": f"This card in the ptsd-cds catalogue: {card.title}",
                  "url": f"{catalogue_base.rstrip('/')}/cards/{card.topic}", "type": "absolute"}]
@@ -136,6 +136,11 @@ class CardLibrary:
             result["suggestions"] = suggestions
             result["selectionBehavior"] = card.selection_behavior
         return prune(result)
+
+    def _reason_display(self, card: CardTemplate, code: str, display: str) -> str:
+        if self.snooze_days and code in card.snoozable_reasons:
+            return SNOOZE_NOTE.format(display=display, days=self.snooze_days)
+        return display
 
     def _fill(self, card: CardTemplate, template: str, values: Mapping[str, str], part: str) -> str:
         needed = template_fields(template, f"{card.path.name}: {part}")
@@ -187,6 +192,9 @@ def md_escape(text: str) -> str:
 
 
 # --- "Why this card" and "Sources" -----------------------------------------------------------
+# "Why this card" names at most MAX_WHY_LINES record facts, the most relevant first, then one line
+# "… and N more: ..." (issue #8 point 15: a clinician reads three facts, not the record). A fact
+# names the drug, condition or therapy as the record does, never a raw resource id.
 def _date(value) -> str | None:
     return value.isoformat() if value else None
 
@@ -195,12 +203,14 @@ def _join(parts: Iterable[str | None]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def _ref(reference: str | None) -> str:
-    return f" ({md_escape(reference)})" if reference else ""
+CONDITION_NAMES = {"ptsd": "PTSD", "nightmares": "Nightmares", "acute-stress": "Acute stress"}
+
+
+def _condition_name(c: ConditionFact) -> str:
+    return CONDITION_NAMES.get(c.kind, "Condition")
 
 
 def condition_line(c: ConditionFact) -> str:
-    name = "PTSD" if c.kind == "ptsd" else "Nightmares"
     what = md_escape(c.text or c.code.display or c.code.code or "condition")
     details = _join([
         md_escape(c.code.label()),
@@ -209,7 +219,7 @@ def condition_line(c: ConditionFact) -> str:
         c.onset and f"onset {_date(c.onset)}",
         c.recorded and f"recorded {_date(c.recorded)}",
     ])
-    return f"- **{name}:** {what} — {details}{_ref(c.reference)}"
+    return f"- **{_condition_name(c)}:** {what} — {details}"
 
 
 def _drug_kind(d: DrugFact, hook: str) -> str:
@@ -235,20 +245,22 @@ def drug_line(d: DrugFact, hook: str) -> str:
         f"valid {_date(d.period_start) or '?'} to {_date(d.period_end) or 'open'}",
         d.code and md_escape(d.code.label()),
     ])
-    return f"- **{_drug_kind(d, hook)}:** {md_escape(d.label)} — {details}{_ref(d.reference)}"
-
-
-def _refs(references: Iterable[str | None], limit: int = MAX_REFS) -> str:
-    """" (A, B, C and 34 more)" — at most ``limit`` resource references, then a count."""
-    refs = [r for r in references if r]
-    if not refs:
-        return ""
-    shown = ", ".join(refs[:limit]) + (f" and {len(refs) - limit} more" if len(refs) > limit else "")
-    return _ref(shown)
+    return f"- **{_drug_kind(d, hook)}:** {md_escape(d.label)} — {details}"
 
 
 def _month(value) -> str:
     return value.strftime("%Y-%m") if value else "?"
+
+
+def drug_group_line(kind: str, group: list[DrugFact], hook: str) -> str:
+    """Several orders of one drug: one line with their number and span, then the latest order."""
+    if len(group) == 1:
+        return drug_line(group[0], hook)
+    dates = sorted(x for d in group for x in (d.trial_start, d.trial_end) if x)
+    latest = max(group, key=lambda d: (d.trial_start or date.min, d.trial_end or date.min))
+    span = f", {_month(dates[0])} to {_month(dates[-1])}" if dates else ""
+    return (f"- **{kind}:** {md_escape(group[0].ingredient)} — {len(group)} orders{span}; latest: "
+            f"{md_escape(latest.label)}, {_dose_phrase(latest)}")
 
 
 def trial_line(t: SsriTrial) -> str:
@@ -257,77 +269,107 @@ def trial_line(t: SsriTrial) -> str:
     span = f"{_date(start) or '?'} to {_date(end) or '?'}"
     verdict = f"adequate: {'yes' if t.adequate else 'no'}; failed: {'yes' if t.failed else 'no'}"
     how = md_escape(t.reason) if t.reason else verdict
-    refs = _refs(o.reference for o in t.orders) if t.orders else _ref(d.reference)
-    return f"- **SSRI trial:** {md_escape(d.ingredient if len(t.orders) > 1 else d.label)}, {span} — {how}{refs}"
+    return f"- **SSRI trial:** {md_escape(d.ingredient if len(t.orders) > 1 else d.label)}, {span} — {how}"
 
 
-def drug_lines(drugs: Iterable[DrugFact], hook: str) -> list[str]:
-    """One line per drug order; beyond MAX_DRUG_LINES, one summary line per ingredient and kind
-    ("sertraline: 37 orders, 2019-03 to 2026-10; latest: ...") so the detail stays short however
-    long the record (issue #7: card detail bounded)."""
-    drugs = list(drugs)
-    if len(drugs) <= MAX_DRUG_LINES:
-        return [drug_line(d, hook) for d in drugs]
-    groups: dict[tuple[str, str], list[DrugFact]] = {}
-    for d in drugs:
-        groups.setdefault((_drug_kind(d, hook), d.ingredient), []).append(d)
-    lines = []
-    for (kind, ingredient), group in groups.items():
-        if len(group) == 1:
-            lines.append(drug_line(group[0], hook))
-            continue
-        dates = sorted(x for d in group for x in (d.trial_start, d.trial_end) if x)
-        latest = max(group, key=lambda d: (d.trial_start or date.min, d.trial_end or date.min))
-        span = f", {_month(dates[0])} to {_month(dates[-1])}" if dates else ""
-        lines.append(f"- **{kind}:** {md_escape(ingredient)} — {len(group)} orders{span}; latest: "
-                     f"{md_escape(latest.label)}, {_dose_phrase(latest)}{_refs(d.reference for d in group)}")
-    return lines
-
-
-def session_lines(sessions: Iterable[TherapySession]) -> list[str]:
-    """One line per therapy: how many sessions, first and last date."""
+def session_line(count: int, sessions: Iterable[TherapySession]) -> str:
+    """The number of trauma-focused sessions, then per therapy its count and first and last date."""
     by_therapy: dict[str, list[TherapySession]] = {}
     for s in sessions:
         by_therapy.setdefault(s.therapy, []).append(s)
-    lines = []
+    parts = []
     for therapy, group in by_therapy.items():
         dates = sorted(s.performed for s in group if s.performed)
         span = f", {dates[0].isoformat()} to {dates[-1].isoformat()}" if dates else ""
         name = THERAPY_NAMES.get(therapy, md_escape(therapy))
-        lines.append(f"  - {name}: {len(group)} session{'s' if len(group) != 1 else ''}{span}")
-    return lines
+        parts.append(f"{name}: {len(group)} session{'s' if len(group) != 1 else ''}{span}")
+    return f"- **Trauma-focused psychotherapy sessions found:** {count}" + (f" — {'; '.join(parts)}" if parts else "")
+
+
+MAX_WHY_LINES = 3
+_MORE_NAMES = 4  # "… and N more" names up to this many facts, else counts them by kind
+_SHORT = 48
+
+
+def _short(text: str) -> str:
+    text = " ".join(str(text).split())
+    return md_escape(text if len(text) <= _SHORT else text[: _SHORT - 1].rstrip() + "…")
+
+
+def why_facts(finding: Finding) -> list[tuple[str, str, str]]:
+    """Every record fact behind the card as (line, short name, kind), most relevant first:
+    draft orders that cannot be checked, the draft orders being placed, a condition other than
+    PTSD (nightmares, acute stress), the SSRI trials, other drugs (current first), what was looked
+    for and not found, PTSD, the psychotherapy sessions. Orders of one drug are one fact; an
+    order that is part of a listed SSRI trial is told by the trial."""
+    hook = finding.hook
+    facts: list[tuple[int, str, str, str]] = []
+    for u in finding.unchecked:
+        facts.append((0, f"- **Draft order not checked:** its medication could not be read ({md_escape(u.why)})",
+                      "a draft order not checked", "draft order"))
+    in_trials = {o.reference for t in finding.ssri_trials for o in t.orders} | {
+        t.drug.reference for t in finding.ssri_trials}
+    groups: dict[tuple[str, str], list[DrugFact]] = {}
+    for d in finding.drugs:
+        if d.reference and d.reference in in_trials:
+            continue
+        groups.setdefault((_drug_kind(d, hook), d.ingredient), []).append(d)
+    for (kind, _ingredient), group in groups.items():
+        rank = 1 if group[0].is_draft_order else 4 if group[0].is_current else 5
+        name = group[0].label if len(group) == 1 else f"{group[0].ingredient} ({len(group)} orders)"
+        facts.append((rank, drug_group_line(kind, group, hook), f"{_short(name)} ({kind.lower()})",
+                      "medication order" if len(group) == 1 else "medication"))
+    for c in finding.conditions:
+        rank = 7 if c.kind == "ptsd" else 2
+        facts.append((rank, condition_line(c), f"{_condition_name(c)}: {_short(c.text or c.code.display or c.code.code)}",
+                      "condition"))
+    for t in finding.ssri_trials:
+        facts.append((3, trial_line(t), f"SSRI trial of {md_escape(t.drug.ingredient)}", "SSRI trial"))
+    if finding.not_found:
+        facts.append((6, f"- **Not found in the record:** {'; '.join(md_escape(n) for n in finding.not_found)}",
+                      f"not found: {'; '.join(_short(n) for n in finding.not_found)}", "not found"))
+    if finding.session_count is not None:
+        facts.append((8, session_line(finding.session_count, finding.sessions),
+                      f"{finding.session_count} trauma-focused psychotherapy sessions", "sessions"))
+    facts.sort(key=lambda f: f[0])  # stable: the rule's own order within a rank
+    return [(line, name, kind) for _rank, line, name, kind in facts]
+
+
+def _plural(kind: str, n: int) -> str:
+    return kind if n == 1 else (kind + "s" if not kind.endswith("s") else kind)
+
+
+def more_line(rest: list[tuple[str, str, str]]) -> str:
+    """One line for the facts not shown: their short names, or with many, their number by kind."""
+    if len(rest) <= _MORE_NAMES:
+        return f"- … and {len(rest)} more: {'; '.join(name for _line, name, _kind in rest)}"
+    counts: dict[str, int] = {}
+    for _line, _name, kind in rest:
+        counts[kind] = counts.get(kind, 0) + 1
+    return f"- … and {len(rest)} more: " + ", ".join(f"{n} {_plural(k, n)}" for k, n in counts.items())
 
 
 def why_section(finding: Finding) -> str:
+    facts = why_facts(finding)
     lines = ["### Why this card", ""]
-    lines += [condition_line(c) for c in finding.conditions[:MAX_CONDITION_LINES]]
-    if len(finding.conditions) > MAX_CONDITION_LINES:
-        lines.append(f"- … and {len(finding.conditions) - MAX_CONDITION_LINES} more matching conditions"
-                     f"{_refs(c.reference for c in finding.conditions[MAX_CONDITION_LINES:])}")
-    lines += drug_lines(finding.drugs, finding.hook)
-    lines += [f"- **Draft order not checked:** {md_escape(u.reference or 'a draft order without an id')} — "
-              f"{md_escape(u.why)}" for u in finding.unchecked[:MAX_DRUG_LINES]]
-    if len(finding.unchecked) > MAX_DRUG_LINES:
-        lines.append(f"- … and {len(finding.unchecked) - MAX_DRUG_LINES} more draft orders not checked")
-    lines += [trial_line(t) for t in finding.ssri_trials]
-    if finding.session_count is not None:
-        lines.append(f"- **Trauma-focused psychotherapy sessions found:** {finding.session_count}")
-        lines += session_lines(finding.sessions)
-    if finding.not_found:
-        lines.append(f"- **Not found in the record:** {'; '.join(md_escape(n) for n in finding.not_found)}")
-    if len(lines) == 2:
+    lines += [line for line, _name, _kind in facts[:MAX_WHY_LINES]]
+    if len(facts) > MAX_WHY_LINES:
+        lines.append(more_line(facts[MAX_WHY_LINES:]))
+    if not facts:
         lines.append("- No record facts were needed for this card.")
     return "\n".join(lines)
 
 
 def sources_section(cited: list[Citation]) -> str:
+    """Each cited document by its short name (linked), the statement and its grade: the full
+    reference is on the card's catalogue page and in the card's links."""
     lines = ["### Sources", ""]
     for c in cited:
         doc = c.document
-        title = f"[{doc.title}]({doc.url})" if doc.url else doc.title
+        name = f"[{doc.short}]({doc.url})" if doc.url else doc.short
         grade = _join([c.strength and f"Strength: {c.strength}", c.evidence and f"Evidence: {c.evidence}"])
         note = VERIFICATION_NOTE.get(c.verification or "verified", "")
-        lines.append(f"- **{doc.short}** — {title}. {c.statement}." + (f" {grade}." if grade else "") + note)
+        lines.append(f"- **{name}** — {c.statement}." + (f" {grade}." if grade else "") + note)
     return "\n".join(lines)
 
 

@@ -240,7 +240,7 @@ def test_card_detail_is_bounded_however_long_the_record(client, n):
     assert size < 64 * 1024, size
     detail = result["cards"][0]["detail"]
     assert f"{n // 2 + 1} orders" in detail and "and " in detail  # summarised, with a count
-    assert f"EMDR: {n // 2} sessions" in detail
+    assert f"… and 2 more: PTSD: Posttraumatic stress disorder; {n // 2} trauma-focused psychotherapy sessions" in detail
 
 
 # --- fail safe: unreadable drafts, unknown status (issue #11) ---------------------------------------
@@ -262,7 +262,7 @@ def test_a_draft_whose_medication_cannot_be_read_gets_the_order_not_checked_card
         "order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[order])))
     [card] = _not_checked(result)
     assert card["indicator"] == "warning" and "could not check" in card["summary"].lower()
-    assert "MedicationRequest/mr-lorazepam" in card["detail"]
+    assert "**Draft order not checked:** its medication could not be read" in card["detail"]
 
 
 def test_a_drug_the_service_does_not_know_is_not_its_business(client):

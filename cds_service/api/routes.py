@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from flask import Blueprint, g, jsonify, request
@@ -20,6 +20,7 @@ from cds_service import logs, metrics
 from cds_service.app import components
 from cds_service.api.ratelimit import RateLimitExceeded, rate_limited
 from cds_service.auth import ANONYMOUS, AuthenticationError
+from cds_service.codesystems import OVERRIDE_REASON
 from cds_service.errors import ApiError
 from cds_service.json_body import check_content_type, parse_json_body, read_body
 from cds_service.patient_data.gather import gather_record
@@ -28,6 +29,7 @@ from cds_service.schemas.request import CONTEXT_SCHEMAS, HookRequestSchema, flat
 from cds_service.patient_key import patient_key
 from cds_service.services import SERVICES_BY_ID, ServiceDefinition, discovery_document
 from cds_service.store import IssuedCard, StoreUnavailable
+from cds_service.store.base import DAY
 
 bp = Blueprint("cds", __name__)
 bp.register_error_handler(RateLimitExceeded, rate_limited)  # 429 + Retry-After, an OperationOutcome
@@ -150,9 +152,13 @@ def call_service(service_id: str):
     today = c.settings.today or date.today()
     # The catalogue page of each card kind, linked absolutely (PTSD_CDS_PUBLIC_URL, else the URL called).
     base = c.settings.public_url or request.host_url
-    outcome = c.engine.run(service.hook, record, today, catalogue_base=base)
+    key = _patient_key(data, c)
+    outcome = c.engine.run(service.hook, record, today, catalogue_base=base,
+                           snoozed=(lambda: _snoozed_topics(key, c)) if key else None)
     g.log["cards"] = len(outcome.cards)
-    _record_issued(outcome.cards, service, data, c)
+    if outcome.snoozed:
+        g.log["snoozed"] = outcome.snoozed  # card kinds left out (topic codes only)
+    _record_issued(outcome.cards, service, key, c)
     if outcome.cards:
         g.log["card_kinds"] = [card["source"]["topic"]["code"] for card in outcome.cards]
     if outcome.skipped:
@@ -184,6 +190,7 @@ def feedback(service_id: str):
         raise ApiError(503, "Feedback cannot be stored right now (the feedback store is unavailable); "
                             "nothing was stored: retry later", code="transient",
                        headers={"Retry-After": "5"}) from None
+    _snooze_from_feedback(data["feedback"], service, components())
     if components().settings.metrics == "on":
         metrics.observe_feedback(service.id, data["feedback"])
     return jsonify({
@@ -198,16 +205,38 @@ def feedback(service_id: str):
 
 
 # --- helpers --------------------------------------------------------------------------------
-def _record_issued(cards: list[dict[str, Any]], service: ServiceDefinition, data: dict[str, Any], c) -> None:
+def _patient_key(data: dict[str, Any], c) -> str | None:
+    """The keyed hash of this call's patient (issuer, FHIR server, patient id); None without an id
+    or when it cannot be computed (the call goes on: nothing is recorded, nothing is snoozed)."""
+    patient_id = (data.get("context") or {}).get("patientId")
+    if not patient_id:
+        return None
+    try:
+        return patient_key(c.patient_key_secret, g.identity.iss, data.get("fhirServer"), patient_id)
+    except Exception as exc:  # noqa: BLE001 - a hash must never cost the clinician a card
+        log.error("patient key failed: %s", type(exc).__name__)
+        return None
+
+
+def _snoozed_topics(key: str, c) -> set[str]:
+    """The card kinds snoozed for this patient now; best-effort: the store down shows every card."""
+    try:
+        return c.store.snoozed_topics(key, c.clock())
+    except StoreUnavailable:
+        g.log["snooze_read"] = "skipped"
+    except Exception as exc:  # noqa: BLE001 - a snooze must never cost the clinician a card
+        log.error("snooze read failed: %s", type(exc).__name__)
+        g.log["snooze_read"] = "failed"
+    return set()
+
+
+def _record_issued(cards: list[dict[str, Any]], service: ServiceDefinition, key: str | None, c) -> None:
     """Record one IssuedCard per returned card (one INSERT); best-effort: never fails the call."""
     if not cards:
         return
-    now = time.time()
+    now = c.clock()
     demo = bool(g.get("demo_client", False))
     try:
-        patient_id = (data.get("context") or {}).get("patientId")
-        key = (patient_key(c.patient_key_secret, g.identity.iss, data.get("fhirServer"), patient_id)
-               if patient_id else None)
         issued = [IssuedCard(uuid=card["uuid"], topic=card["source"]["topic"]["code"], service_id=service.id,
                              hook=service.hook, patient_key=key, issued_at=now, demo=demo) for card in cards]
         c.store.record_issued_cards(issued)
@@ -216,6 +245,49 @@ def _record_issued(cards: list[dict[str, Any]], service: ServiceDefinition, data
     except Exception as exc:  # noqa: BLE001 - a record must never cost the clinician a card
         log.error("issued-card record failed: %s", type(exc).__name__)  # no card or patient content
         g.log["issued_record"] = "failed"
+
+
+def _snooze_from_feedback(items: list[dict[str, Any]], service: ServiceDefinition, c) -> None:
+    """Snooze (service rule, issue #8 point 18): a card dismissed ("overridden") with a snoozable
+    reason of the project's code system is not shown again on patient-view for that patient for
+    PTSD_CDS_SNOOZE_DAYS, counted from the dismissal (its outcomeTimestamp, never later than now,
+    never earlier than the card). The card is found by uuid in the issued-card record; only its own
+    service's feedback counts; demo calls never snooze (the demo's patients are shared).
+    Best-effort, after the feedback is stored: a failure here never changes the answer."""
+    if g.get("demo_client", False):
+        return
+    snoozed = 0
+    try:
+        now = c.clock()
+        for item in items:
+            reason = (item.get("overrideReason") or {}).get("reason") or {}
+            if (item.get("outcome") != "overridden" or reason.get("system") != OVERRIDE_REASON
+                    or reason.get("code") not in c.engine.snoozable_reasons):
+                continue  # no store read for feedback that cannot snooze
+            issued = c.store.issued_card(item["card"])
+            if (issued is None or issued.demo or not issued.patient_key or issued.service_id != service.id
+                    or not c.engine.snoozes(issued.topic, reason.get("code"))):
+                continue
+            dismissed = max(issued.issued_at, min(_posix(item["outcomeTimestamp"], now), now))
+            until = dismissed + c.settings.snooze_days * DAY
+            if until > now:
+                c.store.add_snooze(issued.patient_key, issued.topic, until)
+                snoozed += 1
+    except StoreUnavailable:
+        g.log["snooze_write"] = "skipped"
+    except Exception as exc:  # noqa: BLE001 - stored feedback is acknowledged whatever happens here
+        log.error("snooze from feedback failed: %s", type(exc).__name__)
+        g.log["snooze_write"] = "failed"
+    if snoozed:
+        g.log["snoozes_set"] = snoozed
+
+
+def _posix(timestamp: str, default: float) -> float:
+    """An RFC 3339 date-time (validated by the feedback schema) as POSIX seconds."""
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return default
 
 
 def _refuse_unstorable_text(value: Any) -> None:

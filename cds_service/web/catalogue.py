@@ -100,7 +100,8 @@ def _card_view(card: CardTemplate, titles: dict[str, str], readme_rows: dict[str
         conditions += [f"when: {card.flags[f]}" for f in sorted(v.when)]
         conditions += [f"unless: {card.flags[f]}" for f in sorted(v.unless)]
         paragraphs.append({"html": markdown(p.text), "cite": [card.citations[c].document.short for c in p.cite],
-                           "cite_ids": list(p.cite), "conditions": conditions})
+                           "cite_ids": list(p.cite), "conditions": conditions,
+                           "catalogue_only": p.catalogue_only})
     suggestions = []
     for s in card.suggestions:
         v = s.visible
