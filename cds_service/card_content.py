@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from cds_service.codesystems import BASE, CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY
+from cds_service.codesystems import BASE, CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY, REFERRAL
 from cds_service.rules.finding import HOOKS
 
 SHARED_FILE = "shared.toml"
@@ -32,7 +32,7 @@ VERIFICATION_NOTE = {
 }
 # Placeholders the renderer fills itself (the card file still declares the ones it uses).
 BUILTIN = {"patient_id", "target_order", "open_steps"}
-PROJECT_SYSTEMS = {CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY}
+PROJECT_SYSTEMS = {CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY, REFERRAL}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _FLAG = re.compile(r"^[a-z][a-z0-9-]*$")
 _RAW_HTML = re.compile(r"<[A-Za-z/!?]")
@@ -94,6 +94,9 @@ class Paragraph:
     text: str
     cite: tuple[str, ...]
     visible: Visibility
+    # Shown only on the card's catalogue page (/cards/<topic>), never in the card itself: the long
+    # explanation behind a short card (issue #8 point 15).
+    catalogue_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -413,7 +416,7 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
     citations = _load_citations(t, documents)
     paragraphs = []
     for p in t.tables("detail", required=True):
-        p.check_keys(["text", "cite", "hooks", "when", "unless"])
+        p.check_keys(["text", "cite", "hooks", "when", "unless", "catalogue_only"])
         text = p.text("text")
         if _RAW_HTML.search(text):
             raise p.error("text", "raw HTML is not allowed (GitHub-flavoured Markdown only)")
@@ -422,7 +425,8 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
         unknown = [c for c in cite if c not in citations]
         if unknown:
             raise p.error("cite", f"unknown citation(s) {unknown}")
-        paragraphs.append(Paragraph(text, cite, _visibility(p, hooks, flags)))
+        paragraphs.append(Paragraph(text, cite, _visibility(p, hooks, flags),
+                                    bool(p.get("catalogue_only", bool, required=False, default=False))))
     used = {c for p in paragraphs for c in p.cite}
     unused = sorted(set(citations) - used)
     if unused:

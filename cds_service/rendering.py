@@ -89,7 +89,8 @@ class CardLibrary:
         if len(summary) >= SUMMARY_LIMIT:  # cannot happen after the load-time check; kept as a guard
             raise RenderError(f"{card.path.name}: summary has {len(summary)} characters")
 
-        paragraphs = [p for p in card.paragraphs if p.visible.applies(hook, finding.flags)]
+        paragraphs = [p for p in card.paragraphs
+                      if not p.catalogue_only and p.visible.applies(hook, finding.flags)]
         md_values = {k: v if k in BUILTIN else md_escape(v) for k, v in values.items()}
         cited: list[Citation] = []
         blocks = []
