@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.codesystems import CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY
+from cds_service.codesystems import CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY, REFERRAL, REFERRAL_CODES
 from cds_service.config import REPO_ROOT
 from cds_service.card_content import iter_codings
 from cds_service.rendering import BUILTIN, CardContentError, CardLibrary, RenderError, md_escape, expected_indicator
@@ -121,7 +121,9 @@ def test_suggested_resources_use_only_verified_codes(library):
                     seen += 1
                     if coding["system"] == PSYCHOTHERAPY:
                         assert coding["code"] in ("prolonged-exposure", "cognitive-processing-therapy", "emdr",
-                                              "image-rehearsal-therapy")
+                                                  "image-rehearsal-therapy")
+                    elif coding["system"] == REFERRAL:
+                        assert REFERRAL_CODES.get(coding["code"]) == coding["display"], coding
                     else:
                         assert verified.get((coding["system"], coding["code"])) == coding["display"], coding
     assert seen >= 6
