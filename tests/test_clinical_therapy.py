@@ -395,3 +395,39 @@ def test_long_text_is_on_the_catalogue_page_not_in_the_card(engine, settings):
     assert "2–6 mg" in pages and "this page only" in pages
     card = card_of(engine, settings, "ptsd-ssri-failed-nightmares.patient-view", S3)
     assert "2–6 mg at night in civilian" not in card["detail"]
+
+
+# --- refusal codes come from the value sets (copies in reference/, see reference/SOURCES.md) ---------
+def _value_set_codes() -> dict[str, str]:
+    from tests.reference import REFERENCE
+
+    base = REFERENCE / "clinical" / "valuesets" / "more"
+    codes: dict[str, str] = {}
+    for path in ("ecqm-content-qicore-2024/valueset-2.16.840.1.113883.3.117.1.7.1.93.json",
+                 "ecqm-content-qicore-2024/valueset-2.16.840.1.113883.3.526.3.1582.json",
+                 "ecqm-content-qicore-2025/valueset-2.16.840.1.113883.3.600.791.json"):
+        vs = json.loads((base / path).read_text())
+        for c in vs.get("expansion", {}).get("contains", []):
+            codes[c["code"]] = c["display"]
+        for inc in vs.get("compose", {}).get("include", []):
+            for c in inc.get("concept", []):
+                codes.setdefault(c["code"], c["display"])
+    # the FHIR R4 procedure-not-performed-reason parents (is-a filters, no displays)
+    vs = json.loads((base / "fhir-r4" / "ValueSet-procedure-not-performed-reason.json").read_text())
+    for inc in vs["compose"]["include"]:
+        for f in inc.get("filter", []):
+            codes.setdefault(f["value"], "")
+    return codes
+
+
+def test_refusal_codes_are_in_the_refusal_value_sets():
+    data = json.loads((REPO_ROOT / "cds_service" / "data" / "terminology" / "psychotherapy.json").read_text())
+    known = _value_set_codes()
+    refusal = data["declined"]["refusalCodes"]
+    assert set(refusal) <= set(known), sorted(set(refusal) - set(known))
+    for code, display in refusal.items():
+        # the value sets' displays where they give one (the legacy 183944003 only in the FHIR filter)
+        assert not known[code] or known[code].split(" (Updated")[0] == display, (code, known[code], display)
+    # medication-specific refusals and reasons that are no refusal stay out
+    assert not {"182895007", "406149000", "275936005", "183932001", "428119001", "416406003",
+                "416064006", "394908001", "416237000"} & set(refusal)
