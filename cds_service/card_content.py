@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from cds_service.codesystems import BASE, CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY
+from cds_service.codesystems import BASE, CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY, REFERRAL
 from cds_service.rules import SAFETY_TOPICS
 from cds_service.rules.finding import HOOKS
 
@@ -39,7 +39,7 @@ NEVER_SNOOZED = frozenset(SAFETY_TOPICS)
 SNOOZE_NOTE = "{display} (hides this card for this patient for {days} days)"
 # Placeholders the renderer fills itself (the card file still declares the ones it uses).
 BUILTIN = {"patient_id", "target_order", "open_steps"}
-PROJECT_SYSTEMS = {CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY}
+PROJECT_SYSTEMS = {CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY, REFERRAL}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _FLAG = re.compile(r"^[a-z][a-z0-9-]*$")
 _RAW_HTML = re.compile(r"<[A-Za-z/!?]")

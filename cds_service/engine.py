@@ -1,7 +1,9 @@
 """The clinical engine: patient record -> clinical facts -> guideline rules -> CDS Hooks cards.
 
 ``Engine(settings)`` loads the card library (``settings.cards_dir``) and the terminology (with
-``settings.site_code_map``) once; ``evaluate(hook, record, today)`` is then pure computation.
+``settings.site_code_map``) once; ``evaluate(hook, record, today)`` is then pure computation. The
+site code map's ``outgoing`` section adds the site's local codes to suggested resources
+(``cds_service.codesystems.map_outgoing``).
 Cards come out in a fixed order: safety cards first, then by indicator (critical, warning, info),
 then in the rules' topic order, then by the order they concern.
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Callable, Iterable
 
+from cds_service.codesystems import load_outgoing_map, map_outgoing
 from cds_service.facts import extract_facts, warm_up
 from cds_service.facts.terminology import Terminology
 from cds_service.patient_data.record import PatientRecord
@@ -58,6 +61,7 @@ class Engine:
                                           if card.snoozable_reasons and t not in NEVER_SNOOZED)
         self.snoozable_reasons = frozenset(code for t in self.snoozable_topics
                                            for code in self.cards.cards[t].snoozable_reasons)
+        self.outgoing_codes = load_outgoing_map(settings.site_code_map)
         warm_up()  # build the fhir.resources validators now, not on the first hook call
 
     def findings(self, hook: str, record: PatientRecord, today: date) -> list[Finding]:
@@ -85,8 +89,10 @@ class Engine:
             quiet = set(snoozed()) & self.snoozable_topics
             left_out = [f.topic for f in findings if f.topic in quiet]
             findings = [f for f in findings if f.topic not in quiet]
-        return Outcome([self.cards.render(f, patient_id=record.patient_id, catalogue_base=catalogue_base)
-                        for f in findings], skipped, left_out)
+        cards = [self.cards.render(f, patient_id=record.patient_id, catalogue_base=catalogue_base)
+                 for f in findings]
+        map_outgoing(cards, self.outgoing_codes)
+        return Outcome(cards, skipped, left_out)
 
     def evaluate(self, hook: str, record: PatientRecord, today: date,
                  catalogue_base: str | None = None) -> list[dict[str, Any]]:

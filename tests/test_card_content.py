@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.codesystems import CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY
+from cds_service.codesystems import CARD_TOPIC, OVERRIDE_REASON, PSYCHOTHERAPY, REFERRAL, REFERRAL_CODES
 from cds_service.config import REPO_ROOT
 from cds_service.card_content import iter_codings
 from cds_service.rendering import BUILTIN, CardContentError, CardLibrary, RenderError, md_escape, expected_indicator
@@ -120,7 +120,10 @@ def test_suggested_resources_use_only_verified_codes(library):
                         continue  # a dose unit, not a clinical code
                     seen += 1
                     if coding["system"] == PSYCHOTHERAPY:
-                        assert coding["code"] in ("prolonged-exposure", "cognitive-processing-therapy", "emdr")
+                        assert coding["code"] in ("prolonged-exposure", "cognitive-processing-therapy", "emdr",
+                                                  "image-rehearsal-therapy")
+                    elif coding["system"] == REFERRAL:
+                        assert REFERRAL_CODES.get(coding["code"]) == coding["display"], coding
                     else:
                         assert verified.get((coding["system"], coding["code"])) == coding["display"], coding
     assert seen >= 6
@@ -194,7 +197,7 @@ def _edit(path: Path, old: str, new: str) -> None:
     ("step-2-ssri.toml", 'cite = ["sertraline-label"]', 'cite = ["no-such-citation"]',
      r"step-2-ssri.toml: detail\[1\]\.cite: unknown citation"),
     ("step-2-ssri.toml", 'cite = ["sertraline-label"]', "cite = []", r"step-2-ssri.toml: detail\[1\]\.cite"),
-    ("step-1-trauma-focused-psychotherapy.toml", "offer PE, CPT or EMDR", "offer PE, CPT or EMDR " + "x" * 40,
+    ("step-1-trauma-focused-psychotherapy.toml", "offer PE, CPT or EMDR", "offer PE, CPT or EMDR " + "x" * 60,
      r"step-1-trauma-focused-psychotherapy.toml: summary.patient-view: \d+ characters"),
     ("step-4-venlafaxine.toml", "({failed_ssri})", "({failed_drug})", r"unknown placeholder\(s\) \['failed_drug'\]"),
     ("step-4-venlafaxine.toml", "({failed_ssri})", "({failed_ssri.__class__})", r"must be a plain name"),

@@ -35,15 +35,24 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     # patient-view: the next-step ladder
     "ptsd-new.patient-view": [(S1, "info")],
     "ptsd-benzo-therapy.patient-view": [(BENZO, "warning"), (S1, "info")],
-    "ptsd-therapy-done.patient-view": [(S2, "info")],  # + current midazolam injection: ignored
+    # 10 CPT sessions, the last in 2025: a course of 12 stopped (issue #8 point 11; was step-2)
+    "ptsd-therapy-done.patient-view": [(S1, "info")],  # + current midazolam injection: ignored
     "ptsd-ssri-underway.patient-view": [(S2, "info")],
     "ptsd-ssri-titration.patient-view": [(S2, "info")],  # a stopped titration step is not a failure
     "ptsd-ssri-renewals.patient-view": [(S4, "info")],  # 3 monthly orders = one adequate course
     "ptsd-ssri-failed-nightmares.patient-view": [(S4, "info"), (S3, "info")],
     "ptsd-not-combined.patient-view": [(S5, "info")],
-    "ptsd-all-done.patient-view": [(S6, "info"), (S3, "info")],  # nightmares, prazosin taken, no IRT (issue #8)
+    # 10 CPT sessions: a CPT course is 12 (issue #8 point 11; was step-6); nightmares, no IRT (issue #8)
+    "ptsd-all-done.patient-view": [(S1, "info"), (S3, "info")],
     "ptsd-mdma.patient-view": [(MDMA, "warning"), (S1, "info")],
     "mdma-no-ptsd.patient-view": [(MDMA, "warning")],
+    # psychotherapy courses (issue #8 point 11; details in tests/test_clinical_therapy.py)
+    "ptsd-cpt-complete.patient-view": [(S2, "info")],  # 12 CPT: complete
+    "ptsd-cpt-underway.patient-view": [(S1, "info")],  # 5 CPT, last 15 days ago: continue, no referral
+    "ptsd-therapy-declined.patient-view": [(S2, "info")],  # declined psychotherapy: medication step
+    "ptsd-duplicate-sessions.patient-view": [(S1, "info")],  # 8 EMDR records on 5 days + generic visits
+    "ptsd-mixed-modalities.patient-view": [(S1, "info")],  # 5 PE + 5 CPT + 4 EMDR: none complete
+    "ptsd-all-done-12.patient-view": [(S6, "info"), (S3, "info")],  # as ptsd-all-done with 12 CPT
     # patient-view: must stay silent
     "benzo-no-ptsd.patient-view": [],
     "ptsd-resolved.patient-view": [],
@@ -157,13 +166,13 @@ def test_card_details_name_the_specifics(engine, settings):
     def card(name, topic):
         return next(c for c in run(engine, settings, name)[2] if c["source"]["topic"]["code"] == topic)
 
-    assert "found in this record: **3**" in card("ptsd-benzo-therapy.patient-view", S1)["detail"]
-    assert card("ptsd-benzo-therapy.patient-view", S1)["summary"].startswith("PTSD: 3 trauma-focused")
+    assert "**3 of 8 prolonged exposure (PE) sessions done**" in card("ptsd-benzo-therapy.patient-view", S1)["detail"]
+    assert card("ptsd-benzo-therapy.patient-view", S1)["summary"].startswith("PTSD: 3 of 8 prolonged exposure")
     assert "**sertraline 25 mg/day**" in card("ptsd-ssri-underway.patient-view", S2)["detail"]
     assert "**sertraline 50 mg/day**" in card("ptsd-ssri-titration.patient-view", S2)["detail"]
     assert "3 orders" in card("ptsd-ssri-renewals.patient-view", S4)["detail"]
     assert "suggestions" not in card("ptsd-ssri-underway.patient-view", S2)
-    assert len(card("ptsd-therapy-done.patient-view", S2)["suggestions"]) == 2
+    assert len(card("ptsd-cpt-complete.patient-view", S2)["suggestions"]) == 2
     assert "(sertraline)" in card("ptsd-ssri-failed-nightmares.patient-view", S4)["summary"]
     assert "300 mg/day" in card("ptsd-new.sign-sertraline-300-and-prazosin-2", DOSE)["summary"]
     assert "above" in card("ptsd-new.sign-sertraline-300-and-prazosin-2", DOSE)["summary"]

@@ -101,12 +101,15 @@ def test_no_trauma_focused_sessions_gives_step_1_with_the_count():
     assert f.conditions == (ptsd(),)
 
 
-@pytest.mark.parametrize("n, expected", [(8, "step-1-trauma-focused-psychotherapy"), (9, "step-2-ssri")])
-def test_nine_sessions_complete_step_1(n, expected):
+@pytest.mark.parametrize("n, expected", [(7, "step-1-trauma-focused-psychotherapy"), (8, "step-2-ssri")])
+def test_a_course_of_eight_pe_sessions_completes_step_1(n, expected):
+    # issue #8 point 11 (service rule): PE is complete at 8 sessions (the seed's 9 of any mix is gone)
     out = evaluate_rules("patient-view", facts(n_sessions=n))
     assert topics(out) == [expected]
-    if n == 8:
-        assert out[0].values["session_count"] == "8"
+    if n == 7:
+        assert out[0].values["session_count"] == "7"
+        assert out[0].values["course_sessions"] == "7" and out[0].values["course_needed"] == "8"
+        assert out[0].flags == {"course-stopped"}
 
 
 def test_step_2_without_any_ssri_offers_a_new_prescription():

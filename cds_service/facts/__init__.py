@@ -24,7 +24,7 @@ from cds_service.facts.patient import read_patient
 from cds_service.facts.fhir_read import SkipCounter, strict_problems
 from cds_service.facts.medications import OrderContext, bridge_refills, extract_draft_drugs, extract_drugs
 from cds_service.facts.model import NIGHTMARE_THERAPY, ClinicalFacts
-from cds_service.facts.psychotherapy import extract_sessions
+from cds_service.facts.psychotherapy import assess_courses, dedupe_sessions, extract_procedures
 from cds_service.facts.terminology import Terminology, system_name
 from cds_service.facts.trials import assess_ssri_trials
 from cds_service.patient_data.record import PatientRecord
@@ -71,8 +71,9 @@ def extract_facts(
                                       medications, term, today, skipped)
     patient = read_patient(record.patient, today, skipped)
     # A "completed" session dated after today is a data error, not treatment received.
-    performed = [x for x in extract_sessions(_items(record.procedures), term, skipped)
-                 if x.performed is None or x.performed <= today]
+    sessions, declined = extract_procedures(_items(record.procedures), term, skipped)
+    performed = dedupe_sessions(x for x in sessions if x.performed is None or x.performed <= today)
+    ptsd_sessions = [x for x in performed if x.therapy != NIGHTMARE_THERAPY]
     return ClinicalFacts(
         today=today,
         age_years=patient.age_years,
@@ -86,8 +87,10 @@ def extract_facts(
         draft_drugs=draft_drugs,
         unchecked_orders=unchecked,
         # A "completed" session dated after today is a data error, not treatment received.
-        sessions=[x for x in performed if x.therapy != NIGHTMARE_THERAPY],
+        sessions=ptsd_sessions,
         irt_sessions=[x for x in performed if x.therapy == NIGHTMARE_THERAPY],
+        courses=assess_courses(ptsd_sessions, today),
+        declined_therapy=declined,
         ssri_trials=assess_ssri_trials(drugs, term.thresholds, ptsd_active=bool(ptsd), today=today),
         skipped=skipped.as_dict(),
     )

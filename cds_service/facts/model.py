@@ -114,6 +114,35 @@ class TherapySession(msgspec.Struct, frozen=True):
     performed: date | None  # performedDateTime or performedPeriod.start
 
 
+class TherapyCourse(msgspec.Struct, frozen=True):
+    """The sessions of one trauma-focused therapy, measured against its protocol length.
+
+    Service rule (issue #8 point 11, on GUIDELINE-FACTS §10): complete at ``needed`` distinct
+    sessions (PE 8, CPT 12, EMDR 6; data in ``psychotherapy.json``); not complete and a session in
+    the last ``under_way_days`` days: under way; otherwise it stopped."""
+
+    therapy: TherapyKind
+    sessions: int  # distinct sessions (same day counted once)
+    needed: int  # sessions that complete a course of this therapy
+    last: date | None  # the latest session's date (None when no session is dated)
+    under_way: bool  # not complete and a session within the under-way window
+
+    @property
+    def complete(self) -> bool:
+        return self.sessions >= self.needed
+
+
+class DeclinedTherapy(msgspec.Struct, frozen=True):
+    """A psychotherapy Procedure not done because the patient declined it (status not-done and a
+    refusal statusReason, CODES-2 §8b/§8c)."""
+
+    reference: str | None  # "Procedure/123"
+    label: str  # what was declined, as recorded
+    reason: str  # the statusReason as recorded (display, text or code)
+    reason_code: Code | None  # the refusal coding that matched (None when matched by text)
+    recorded: date | None  # performed[x] or the extension-free date we could read
+
+
 class SsriTrial(msgspec.Struct, frozen=True):
     """Assessment of one SSRI as a treatment trial: every taken order of that drug together.
 
@@ -156,6 +185,11 @@ class ClinicalFacts:
     sessions: list[TherapySession] = field(default_factory=list)  # completed trauma-focused sessions
     # Completed image rehearsal therapy sessions (nightmares; not counted in ``sessions``).
     irt_sessions: list[TherapySession] = field(default_factory=list)
+    # One course per trauma-focused therapy with sessions, latest session first (issue #8 point 11);
+    # worked out from ``sessions`` and ``today`` when not given (facts built by hand in tests).
+    courses: list[TherapyCourse] | None = None
+    # Psychotherapy the patient declined (Procedure not-done with a refusal reason), in record order.
+    declined_therapy: list[DeclinedTherapy] = field(default_factory=list)
     ssri_trials: list[SsriTrial] = field(default_factory=list)
     # Resources that could not be read (malformed); counted per resourceType, no patient data.
     skipped: dict[str, int] = field(default_factory=dict)
@@ -163,6 +197,12 @@ class ClinicalFacts:
     age_years: int | None = None
     sex: str | None = None  # Patient.gender as recorded ("male", "female", "other", "unknown")
     deceased: bool = False
+
+    def __post_init__(self) -> None:
+        if self.courses is None:
+            from cds_service.facts.psychotherapy import assess_courses  # local import: avoid cycle
+
+            self.courses = assess_courses(self.sessions, self.today)
 
     # --- derived facts the rules use -------------------------------------------------------
     def under(self, years: int) -> bool:
@@ -183,7 +223,34 @@ class ClinicalFacts:
 
     @property
     def adequate_psychotherapy(self) -> bool:
-        return self.session_count >= 9
+        """A course of one trauma-focused therapy is complete (service rule: 12 CPT, 8 PE or
+        6 EMDR sessions; ``TherapyCourse``). Replaces the seed's 9 sessions of any mix."""
+        return any(c.complete for c in self.courses or ())
+
+    @property
+    def course(self) -> TherapyCourse | None:
+        """The course the step-1 card talks about: a complete one, else the latest (the one a
+        session was last recorded for), else None (no session)."""
+        courses = self.courses or []
+        return next((c for c in courses if c.complete), courses[0] if courses else None)
+
+    @property
+    def course_under_way(self) -> bool:
+        return any(c.under_way for c in self.courses or ())
+
+    @property
+    def psychotherapy_declined(self) -> bool:
+        """The patient declined psychotherapy and has not started (or resumed) it since: no course
+        is complete or under way and no session is dated after the latest refusal (an undated
+        refusal counts while no course is under way). GUIDELINE-FACTS §0 row 4, §12.4: the step
+        is then medication."""
+        if not self.declined_therapy or self.adequate_psychotherapy or self.course_under_way:
+            return False
+        dated = [d.recorded for d in self.declined_therapy if d.recorded]
+        if len(dated) < len(self.declined_therapy):
+            return True
+        last_session = max((s.performed for s in self.sessions if s.performed), default=None)
+        return last_session is None or max(dated) >= last_session
 
     @property
     def adequate_ssri_trial(self) -> bool:

@@ -30,7 +30,9 @@ A site can map its local Procedure codes to a trauma-focused therapy with a JSON
 ``therapy`` is one of ``prolonged-exposure``, ``cognitive-processing-therapy``, ``emdr``.
 ``system`` and ``code`` are non-empty strings, matched exactly (system URI after trimming a
 trailing ``/``). Unknown keys, a missing ``procedures`` list, a bad therapy id or one code mapped to
-two therapies raise ``ValueError`` naming the problem and the entry index.
+two therapies raise ``ValueError`` naming the problem and the entry index. An ``outgoing`` section
+(the site's codes for the referrals and drafts the cards suggest) is read and checked by
+``cds_service.codesystems.parse_outgoing_map``.
 """
 
 from __future__ import annotations
@@ -372,7 +374,8 @@ def _terminology_for_file(path: str) -> Terminology:
 
 
 # --- site code map --------------------------------------------------------------------------------
-_SITE_TOP_KEYS = {"procedures", "description", "source"}
+# "outgoing": the site's codes for what the cards suggest (read by cds_service.codesystems).
+_SITE_TOP_KEYS = {"procedures", "description", "source", "outgoing"}
 _SITE_ENTRY_KEYS = {"system", "code", "therapy", "display", "note"}
 
 

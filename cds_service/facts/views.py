@@ -15,7 +15,8 @@ What is read, per resource (nothing else is looked at):
   ``medicationReference``, ``authoredOn``, ``dosageInstruction`` (sequence, timing, as-needed, route,
   dose), ``dispenseRequest`` (validity period, expected supply duration, repeats).
 * Medication (contained or referenced): ``code``, ``form``, ``ingredient[].itemCodeableConcept``.
-* Procedure: ``id``, ``status``, ``code``, ``performedDateTime``, ``performedPeriod.start``.
+* Procedure: ``id``, ``status``, ``statusReason`` (why not done: declined psychotherapy), ``code``,
+  ``performedDateTime``, ``performedPeriod.start``.
 * Patient: ``birthDate``, ``gender``, ``deceasedBoolean``, ``deceasedDateTime``.
 """
 
@@ -149,6 +150,7 @@ class ConditionView(_View):
 class ProcedureView(_View):
     id: String | None = None
     status: String | None = None
+    statusReason: Concept | None = None
     code: Concept | None = None
     performedDateTime: DateTime | None = None
     performedPeriod: Period | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cds_service.facts.model import ORDERS_BEING_PLACED, ClinicalFacts, DrugFact
 from cds_service.rules.finding import ORDER_SELECT, ORDER_SIGN
+from cds_service.rules.knowledge import GUIDELINE
 
 
 def tried(facts: ClinicalFacts, ingredient: str) -> list[DrugFact]:
@@ -15,6 +16,14 @@ def tried(facts: ClinicalFacts, ingredient: str) -> list[DrugFact]:
     return [d for d in facts.ever_taken(ingredient) if d.was_taken]
 
 
+def drug_draft_blocks(facts: ClinicalFacts) -> frozenset[str]:
+    """Why no card may draft a drug for this patient: {"under-18"} under the adult age
+    (guideline.toml ``patient.adult_age_years``; NICE, issue #8 point 4), else empty.
+
+    Interim version of the ``therapy`` branch: the ``steps`` branch owns the real one (which adds
+    "pregnant", issue #8 point 5) and it replaces this at merge. Cards switch their drug drafts
+    off with ``unless = ["no-drug-draft"]`` and name each reason with a flag of the same name."""
+    return frozenset({"under-18"}) if facts.under(GUIDELINE.adult_age_years) else frozenset()
 
 
 

@@ -3,15 +3,21 @@
 The steps (issue #3) are tried in the order of ``guideline.toml`` ``next_step.order``; the first
 whose condition holds is the card shown:
 
-1. ``step-1-trauma-focused-psychotherapy`` — fewer than 9 trauma-focused sessions recorded
-   (``ClinicalFacts.adequate_psychotherapy``).
+1. ``step-1-trauma-focused-psychotherapy`` — no complete course of one trauma-focused therapy
+   (service rule on GUIDELINE-FACTS §10: 12 CPT, 8 PE or 6 EMDR sessions;
+   ``ClinicalFacts.adequate_psychotherapy``) and psychotherapy not declined
+   (``ClinicalFacts.psychotherapy_declined``: then the medication step, §0 row 4, §12.4). The card
+   says "continue the course, N so far" while a course is under way (flag ``course-under-way``,
+   no referral), "N of M done; resume or restart" when it stopped (``course-stopped``).
 2. ``step-2-ssri`` — no adequate SSRI trial and no failed one.
 4. ``step-4-venlafaxine`` — an SSRI trial failed and venlafaxine was never taken.
 5. ``step-5-combine`` — psychotherapy and an SSRI/venlafaxine never overlapped in time.
 6. ``step-6-specialized-referral`` — none of the above applies.
 
 ``step-3-nightmares`` is independent of the ladder: active nightmares and no image rehearsal
-therapy recorded (whatever the prazosin dose).
+therapy recorded (whatever the prazosin dose). It offers an IRT referral and a prazosin start
+draft unless ``common.drug_draft_blocks`` forbids drug drafts (flag ``no-drug-draft`` plus the
+reason, e.g. ``under-18``) or prazosin is already current (``on-prazosin``).
 
 How the SSRI steps read the trial facts (the ordering subtlety)
 ----------------------------------------------------------------
@@ -39,7 +45,7 @@ from __future__ import annotations
 from typing import Callable
 
 from cds_service.facts.model import ClinicalFacts
-from cds_service.rules.common import drug_phrase, names, ptsd_values, tried
+from cds_service.rules.common import drug_draft_blocks, drug_phrase, names, ptsd_values, tried
 from cds_service.rules.finding import Finding
 from cds_service.rules.knowledge import GUIDELINE
 
@@ -53,7 +59,14 @@ STEP_6 = "step-6-specialized-referral"
 
 # --- when does each step apply ---------------------------------------------------------------
 def needs_psychotherapy(facts: ClinicalFacts) -> bool:
-    return not facts.adequate_psychotherapy
+    """No complete course and psychotherapy not declined (a course under way always keeps step 1)."""
+    return not facts.adequate_psychotherapy and not facts.psychotherapy_declined
+
+
+def psychotherapy_declined(facts: ClinicalFacts) -> bool:
+    """Rule input for the medication step's card (flag ``psychotherapy-declined``; the ``steps``
+    branch owns that card): step 1 was passed over because the patient declined psychotherapy."""
+    return facts.psychotherapy_declined
 
 
 def needs_ssri(facts: ClinicalFacts) -> bool:
@@ -100,15 +113,36 @@ def _current_antidepressants(facts: ClinicalFacts):
     return current, {"current_drugs": "; ".join(drug_phrase(d) for d in current)}, frozenset(flags)
 
 
+# Therapy names as the step-1 card's text uses them (card wording of a record fact).
+_COURSE_NAMES = {"prolonged-exposure": "prolonged exposure (PE)",
+                 "cognitive-processing-therapy": "cognitive processing therapy (CPT)", "emdr": "EMDR"}
+
+
+def _course_values(facts: ClinicalFacts) -> tuple[dict[str, str], set[str]]:
+    """Values and flags describing the course the step-1 card talks about."""
+    course = facts.course
+    if course is None:
+        return {}, set()
+    values = {"course_therapy": _COURSE_NAMES.get(course.therapy, course.therapy),
+              "course_sessions": str(course.sessions), "course_needed": str(course.needed)}
+    values["course_last"] = course.last.isoformat() if course.last else "date not recorded"
+    if course.complete:
+        return values, {"course-complete"}
+    return values, {"course-under-way" if course.under_way else "course-stopped"}
+
+
 def _psychotherapy(facts: ClinicalFacts, hook: str, under_age: bool = False) -> Finding:
+    values, flags = _course_values(facts)
+    if under_age:
+        flags.add("under-18")
+        values["age"] = str(facts.age_years)
     return Finding(
         STEP_1, hook, "info",
         conditions=tuple(facts.ptsd),
         sessions=tuple(facts.sessions),
         session_count=facts.session_count,
-        values={"session_count": str(facts.session_count), **ptsd_values(facts),
-                **({"age": str(facts.age_years)} if under_age else {})},
-        flags=frozenset({"under-18"}) if under_age else frozenset(),
+        values={"session_count": str(facts.session_count), **values, **ptsd_values(facts)},
+        flags=frozenset(flags),
     )
 
 
@@ -128,12 +162,26 @@ def _ssri(facts: ClinicalFacts, hook: str) -> Finding:
 
 
 def _nightmares(facts: ClinicalFacts, hook: str) -> Finding:
+    flags = set()
+    blocks = drug_draft_blocks(facts)
+    if blocks:
+        flags |= {"no-drug-draft"} | (blocks & NIGHTMARE_DRAFT_BLOCK_FLAGS)
+    prazosin = [d for d in facts.drugs if d.ingredient == "prazosin" and d.was_taken]
+    if any(d.is_current for d in prazosin):
+        flags.add("on-prazosin")
+    refs = [c.reference for c in facts.nightmares if c.reference]
     return Finding(
         STEP_3, hook, "info",
         conditions=tuple(facts.ptsd) + tuple(facts.nightmares),
-        drugs=tuple(d for d in facts.drugs if d.ingredient == "prazosin" and d.was_taken),
+        drugs=tuple(prazosin),
+        values={**({"nightmare_condition": refs[0]} if refs else {}), **ptsd_values(facts)},
+        flags=frozenset(flags),
         not_found=("image rehearsal therapy session",),
     )
+
+
+# Reasons of ``drug_draft_blocks`` the nightmare card names (each a flag of the card).
+NIGHTMARE_DRAFT_BLOCK_FLAGS = frozenset({"under-18", "pregnant"})
 
 
 def _venlafaxine(facts: ClinicalFacts, hook: str) -> Finding:

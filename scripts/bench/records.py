@@ -171,9 +171,11 @@ def treatment_history(n: int, today: date, *, outside: bool = False) -> tuple[li
     procedures = []
     for i in range(m):
         if outside:
-            # the day after order j (j < k - 1): between two one-day periods, never in one
-            j = i % max(1, k - 1)
-            performed = authored[j] + timedelta(days=1)
+            # the day after order j (j < k - 1): between two one-day periods, never in one; once
+            # every gap has a session, days before the first order (one session a day: same-day
+            # sessions of one therapy count once since issue #8 point 11)
+            gaps = max(1, k - 1)
+            performed = authored[i] + timedelta(days=1) if i < gaps else first - timedelta(days=1 + i - gaps)
         else:
             performed = first + timedelta(days=(i * step * k) // m)
         procedures.append(session(f"p{i}", i + 1, min(performed, today)))
