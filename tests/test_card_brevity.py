@@ -50,7 +50,6 @@ PENDING_LINKS: dict[str, str] = {
     "benzodiazepine-avoid": "branch benzo: the FDA boxed warning is linked as an openFDA JSON API call",
     "dose-out-of-range": "branch steps: the sertraline label is linked as an openFDA JSON API call",
     "step-2-ssri": "branch steps: the sertraline label is linked as an openFDA JSON API call",
-    "step-1-trauma-focused-psychotherapy": "branch therapy: the APA treatments page is an http-only copy",
 }
 
 
