@@ -199,8 +199,12 @@ def _ref(reference: str | None) -> str:
     return f" ({md_escape(reference)})" if reference else ""
 
 
+CONDITION_NAMES = {"ptsd": "PTSD", "nightmares": "Nightmares", "acute-stress": "Acute stress",
+                   "pregnancy": "Pregnancy"}
+
+
 def condition_line(c: ConditionFact) -> str:
-    name = "PTSD" if c.kind == "ptsd" else "Nightmares"
+    name = CONDITION_NAMES.get(c.kind, "Condition")
     what = md_escape(c.text or c.code.display or c.code.code or "condition")
     details = _join([
         md_escape(c.code.label()),
@@ -258,7 +262,7 @@ def trial_line(t: SsriTrial) -> str:
     verdict = f"adequate: {'yes' if t.adequate else 'no'}; failed: {'yes' if t.failed else 'no'}"
     how = md_escape(t.reason) if t.reason else verdict
     refs = _refs(o.reference for o in t.orders) if t.orders else _ref(d.reference)
-    return f"- **SSRI trial:** {md_escape(d.ingredient if len(t.orders) > 1 else d.label)}, {span} — {how}{refs}"
+    return f"- **First-line medication trial:** {md_escape(d.ingredient if len(t.orders) > 1 else d.label)}, {span} — {how}{refs}"
 
 
 def drug_lines(drugs: Iterable[DrugFact], hook: str) -> list[str]:

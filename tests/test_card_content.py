@@ -199,7 +199,7 @@ def _edit(path: Path, old: str, new: str) -> None:
      r"step-1-trauma-focused-psychotherapy.toml: summary.patient-view: \d+ characters"),
     ("step-4-venlafaxine.toml", "trial of {failed_ssri} failed", "trial of {failed_drug} failed", r"unknown placeholder\(s\) \['failed_drug'\]"),
     ("step-4-venlafaxine.toml", "trial of {failed_ssri} failed", "trial of {failed_ssri.__class__} failed", r"must be a plain name"),
-    ("step-2-ssri.toml", "current_drugs = { description", "current_drugs = { max_length = 9, description",
+    ("step-2-ssri.toml", "trial_weeks = { description", "trial_weeks = { max_length = 9, description",
      None),  # still valid: proves the mutation harness itself does not always fail
     ("step-2-ssri.toml", "**Offer sertraline", "<b>Offer sertraline", r"raw HTML"),
     ("step-1-trauma-focused-psychotherapy.toml", 'strength = "Strong for"\n', "",

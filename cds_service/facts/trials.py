@@ -118,7 +118,7 @@ def assess_course(orders: list[DrugFact], t: Thresholds, ptsd_active: bool) -> S
         drug=latest, adequate=days_at_dose >= min_days, failed=verdict in ("failed", "not-tolerated"),
         reason=_reason(latest, len(orders), days_at_dose, length, t, verdict), orders=tuple(orders),
         start=start, end=end, verdict=verdict, current=current,  # type: ignore[arg-type]
-        weeks_at_dose=round(days_at_dose / 7, 1))
+        weeks_at_dose=float(days_at_dose // 7))
 
 
 VERDICT_WORDS = {
@@ -136,12 +136,19 @@ VERDICT_WORDS = {
 def _reason(latest: DrugFact, n_orders: int, days_at_dose: int, length: int, t: Thresholds, verdict: str) -> str:
     low = t.ssri_min_daily_dose_mg.get(latest.ingredient)
     above = latest.ingredient in t.trial_above_min_only
-    target = (f"{'above' if above else 'at least'} {fmt(low)} mg/day" if low is not None else "no threshold")
+    target = (f"{'above' if above else 'at'} {fmt(low)} mg/day{'' if above else ' or more'}"
+              if low is not None else "an effective dose")
     dose = latest.dose_text or "daily dose not recorded"
     orders = f"{n_orders} orders, latest {dose}" if n_orders > 1 else dose
     words = VERDICT_WORDS[verdict].format(days=t.not_tolerated_within_days, weeks=fmt(t.ssri_min_weeks))
-    return (f"{orders}; {fmt(length / 7)} weeks in all, {fmt(days_at_dose / 7)} weeks at {target} "
+    return (f"{orders}; {_weeks(length)} in all, {_weeks(days_at_dose)} {target} "
             f"(adequate: {fmt(t.ssri_min_weeks)} weeks): {words}")
+
+
+def _weeks(days: int) -> str:
+    """Whole weeks as a clinician reads them ("12 weeks", "under 1 week"), never "12.57 weeks"."""
+    weeks = days // 7
+    return "under 1 week" if weeks < 1 else f"{weeks} week{'s' if weeks != 1 else ''}"
 
 
 def assess_ssri_trials(drugs: list[DrugFact], thresholds: Thresholds, ptsd_active: bool,
