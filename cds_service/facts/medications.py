@@ -1,8 +1,9 @@
 """Drugs of interest: classification, route, "current", daily dose and trial period.
 
 Every MedicationRequest of the record and every draft order of resourceType MedicationRequest is
-classified into benzodiazepine, ssri (sertraline, paroxetine, fluoxetine), snri (venlafaxine),
-prazosin or mdma (midomafetamine). Anything else is ignored.
+classified into benzodiazepine, an antidepressant class (ssri, snri, maoi, tca,
+other-antidepressant: every antidepressant of CODES-2 §5, ``model.ANTIDEPRESSANT_CLASSES``),
+prazosin, mdma (midomafetamine) or opioid. Anything else is ignored.
 
 **Which drug.** The medication is ``medicationCodeableConcept``, or ``medicationReference``
 resolved to a contained Medication (``#id``) or to ``record.medications["Medication/id"]``
@@ -27,10 +28,12 @@ orders are never current.
 
 **Trial period.** ``trial_start`` = authoredOn, else validity start. ``trial_end`` = validity end
 (capped at today: a drug cannot have been taken in the future), else today while current, else
-the start plus the recorded supply (``expectedSupplyDuration`` × (1 + ``numberOfRepeatsAllowed``)),
-else the start (no duration is proven) — unless the next order of the same drug was written
-within ``refillBridgeDays`` (``thresholds.json``): a renewal, so the order lasted until then
-(``bridge_refills``).
+the start plus the recorded supply (``expectedSupplyDuration``, or ``quantity`` ÷ the daily dose,
+× (1 + ``numberOfRepeatsAllowed``)); without any of these, until the next order of the same drug
+when that one was written within ``refillBridgeDays`` (100, ``thresholds.json``: consecutive
+renewals are one course), else ``defaultSupplyDays`` (30) — never past today (``bridge_refills``;
+issue #8 point 10). ``statusReason`` is kept as text (``DrugFact.status_reason``) for the
+not-tolerated rule of ``trials``.
 
 **Not a prescription.** An order with ``doNotPerform: true`` says the drug must not be given: it
 is not a drug fact at all.
