@@ -76,6 +76,9 @@ TABLE = {
     # point 10: the supply of an order without end dates from quantity / daily dose (60 days each)
     "ptsd-sertraline-quantity.patient-view": (S4, {"after-ssri"}, create(VENLAFAXINE),
                                               ["2 orders", "adequate trial; PTSD still active: failed"]),
+    # point 9: the switch already under way: the card says so, no draft (venlafaxine is current)
+    "ptsd-switch-under-way.patient-view": (S4, {"after-ssri", "trial-under-way", "on-antidepressant"}, [],
+                                           ["venlafaxine 75 mg/day under way", "Switch under way"]),
     # point 9: fluoxetine counts as tried, not as a failed first-line trial
     "ptsd-fluoxetine-tried.patient-view": (S2, {"other-antidepressant-tried"},
                                            create(SERTRALINE, PAROXETINE, VENLAFAXINE),

@@ -61,6 +61,7 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "ptsd-pregnant.patient-view": [(S2, "info")],  # current pregnancy: no draft
     "ptsd-pregnancy-past.patient-view": [(S2, "info")],  # onset over 10 months ago: drafts
     "ptsd-sertraline-quantity.patient-view": [(S4, "info")],  # supply from quantity: adequate
+    "ptsd-switch-under-way.patient-view": [(S4, "info")],  # the switch to venlafaxine under way
     # order-select: only selected drafts count
     "ptsd-benzo-therapy.select-lorazepam": [(BENZO, "critical")],
     "ptsd-new.select-sertraline-with-unselected-lorazepam": [],

@@ -169,6 +169,13 @@ def _venlafaxine(facts: ClinicalFacts, hook: str) -> Finding:
     current, values, flags = _current_antidepressants(facts)
     after = "after-venlafaxine" if facts.failed_first_line == ["venlafaxine"] else "after-ssri"
     next_agent = "sertraline or paroxetine" if after == "after-venlafaxine" else "venlafaxine"
+    # the switch may already be under way: the other agent's trial, current and not yet judged
+    switch = [t for t in facts.ssri_trials if not t.failed and t.current
+              and t.verdict in ("under-way", "under-dosed", "continue-and-reassess")]
+    trial_values: dict[str, str] = {}
+    if switch:
+        flags = flags | {TRIAL_FLAGS[switch[-1].verdict]}
+        trial_values = {"trial_drug": drug_phrase(switch[-1].drug), "trial_weeks": f"{switch[-1].weeks_at_dose:g}"}
     return Finding(
         STEP_4, hook, "info",
         conditions=tuple(facts.ptsd) + tuple(current_pregnancy(facts)),
@@ -177,7 +184,7 @@ def _venlafaxine(facts: ClinicalFacts, hook: str) -> Finding:
         sessions=tuple(facts.sessions),
         session_count=facts.session_count,
         values={"failed_ssri": names([t.drug for t in failed]), "next_agent": next_agent,
-                **values, **_others_tried(facts), **ptsd_values(facts)},
+                **values, **trial_values, **_others_tried(facts), **ptsd_values(facts)},
         flags=flags | {after} | ({"other-antidepressant-tried"} if _others_tried(facts) else set()),
         not_found=() if tried(facts, "venlafaxine") or after == "after-venlafaxine" else ("venlafaxine prescription",),
     )
