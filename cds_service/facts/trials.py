@@ -87,22 +87,31 @@ def assess_course(orders: list[DrugFact], t: Thresholds, ptsd_active: bool) -> S
     """One course of one first-line agent (orders sorted, at least one)."""
     latest = orders[-1]
     ingredient = latest.ingredient
-    at_dose = [p for d in orders if t.at_min_dose(ingredient, _adequacy_dose(d)) and (p := _period(d))]
+    # one pass over the orders: the periods at or above / known below the minimum effective dose
+    at_dose: list[tuple[date, date]] = []
+    below: list[tuple[date, date]] = []
+    periods: list[tuple[date, date]] = []
+    current = False
+    for d in orders:
+        current = current or d.is_current
+        p = _period(d)
+        if p is None:
+            continue
+        periods.append(p)
+        x = _adequacy_dose(d)
+        if x is not None:
+            (at_dose if t.at_min_dose(ingredient, x) else below).append(p)
     days_at_dose = longest_run_days(at_dose, t.ssri_trial_gap_days)
-    periods = [p for d in orders if (p := _period(d)) is not None]
     start = min((p[0] for p in periods), default=None)
     end = max((p[1] for p in periods), default=None)
     length = (end - start).days if start and end else 0
     min_days = t.ssri_min_weeks * 7
-    current = any(d.is_current for d in orders)
     dose = _adequacy_dose(latest)
     top = t.trial_max_daily_dose_mg.get(ingredient)
-    below = [p for d in orders if (x := _adequacy_dose(d)) is not None and not t.at_min_dose(ingredient, x)
-             and (p := _period(d))]
-    under_days = longest_run_days(below, t.ssri_trial_gap_days)
+    under_days = longest_run_days(below, t.ssri_trial_gap_days) if below else 0
     if days_at_dose >= min_days:
         verdict = "failed" if ptsd_active else "adequate"
-    elif not current and any(t.not_tolerated(d.status_reason) for d in orders):
+    elif not current and any(d.status_reason and t.not_tolerated(d.status_reason) for d in orders):
         verdict = "not-tolerated"
     elif not current and length <= t.not_tolerated_within_days:
         verdict = "no-trial"
