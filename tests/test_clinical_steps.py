@@ -334,3 +334,25 @@ def test_every_dose_in_a_card_equals_the_rules_data(engine):
             dose = s.actions[0].resource["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"]
             ingredient = next(i for i in ranges if i in s.label)
             assert float(dose) == ranges[ingredient].min_mg, (topic, ingredient)
+
+
+# --- new elements read: statusReason, dispenseRequest.quantity ---------------------------------
+def test_supply_from_quantity_divided_by_the_daily_dose():
+    tablets = sertraline(100, "2026-03-01")
+    tablets["dispenseRequest"] = {"quantity": {"value": 30, "unit": "tablet", "code": "TAB"},
+                                  "numberOfRepeatsAllowed": 1}
+    [drug] = facts_of(tablets).drugs  # 30 tablets of 50 mg at 100 mg/day = 15 days, x 2 dispenses
+    assert drug.supply_days == 30 and drug.trial_end == date(2026, 3, 31)
+    in_mg = sertraline(50, "2026-03-01")
+    in_mg["dispenseRequest"] = {"quantity": {"value": 3000, "unit": "mg"}}
+    assert facts_of(in_mg).drugs[0].supply_days == 60
+
+
+def test_unreadable_status_reason_or_quantity_degrades_only_that_element():
+    order = sertraline(50, "2026-10-01", end="2026-10-11", status="stopped")
+    order["statusReason"] = "intolerance"  # a string where a CodeableConcept belongs
+    order["dispenseRequest"]["quantity"] = {"value": "thirty"}
+    facts = facts_of(order)
+    [drug] = facts.drugs
+    assert drug.status_reason is None and drug.supply_days is None and drug.ingredient == "sertraline"
+    assert facts.ssri_trials[0].verdict == "no-trial"  # an unreadable reason is not "not tolerated"
