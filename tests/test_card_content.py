@@ -192,9 +192,9 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 @pytest.mark.parametrize("file, old, new, message", [
     ("step-2-ssri.toml", 'cite = ["sertraline-label", "paroxetine-label", "venlafaxine-trials"]', 'cite = ["no-such-citation"]',
-     r"step-2-ssri.toml: detail\[1\]\.cite: unknown citation"),
+     r"step-2-ssri.toml: detail\[6\]\.cite: unknown citation"),
     ("step-2-ssri.toml", 'cite = ["sertraline-label", "paroxetine-label", "venlafaxine-trials"]', "cite = []",
-     r"step-2-ssri.toml: detail\[1\]\.cite"),
+     r"step-2-ssri.toml: detail\[6\]\.cite"),
     ("step-1-trauma-focused-psychotherapy.toml", "offer PE, CPT or EMDR", "offer PE, CPT or EMDR " + "x" * 40,
      r"step-1-trauma-focused-psychotherapy.toml: summary.patient-view: \d+ characters"),
     ("step-4-venlafaxine.toml", "trial of {failed_ssri} failed", "trial of {failed_drug} failed", r"unknown placeholder\(s\) \['failed_drug'\]"),
