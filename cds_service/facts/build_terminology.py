@@ -191,20 +191,23 @@ PREGNANCY_VALUE_SETS = [
 ]
 
 
-def _pregnancy(clinical: Path) -> list[dict[str, Any]]:
+def _pregnancy(clinical: Path) -> tuple[list[dict[str, Any]], str]:
+    """Every code of the pregnancy value sets (system, code, display) and one source for the group."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
+    sources = []
     for rel in PREGNANCY_VALUE_SETS:
         vs = _load(clinical, rel)
-        source = f"CODES-2.md §3; VSAC {vs.get('title')} ({vs.get('url')}, {vs.get('version')}), clinical/{rel}"
+        sources.append(f"VSAC {vs.get('title')} ({vs.get('url')}, {vs.get('version')}), clinical/{rel}")
         for c in vs.get("expansion", {}).get("contains", []):
             if c.get("system") and c.get("code"):
                 rows.setdefault((c["system"], c["code"]), {"system": c["system"], "code": c["code"],
-                                                           "display": c.get("display", ""), "source": source})
-    return sorted(rows.values(), key=lambda r: (r["system"], r["code"]))
+                                                           "display": c.get("display", "")})
+    return sorted(rows.values(), key=lambda r: (r["system"], r["code"])), "CODES-2.md §3; " + "; ".join(sources)
 
 
 def build_conditions(clinical: Path) -> dict[str, Any]:
     groups = _load(clinical, CODELISTS)["groups"]
+    pregnancy, pregnancy_source = _pregnancy(clinical)
     keys = ("system", "code", "display", "status", "source", "note")
     return {
         "description": "Condition codes: active PTSD, active nightmares, and stress disorders that are NOT PTSD.",
@@ -218,7 +221,8 @@ def build_conditions(clinical: Path) -> dict[str, Any]:
         "acuteStress": [_row(e, *keys) for e in groups["ptsd-related-not-ptsd"]
                         if (e.get("system"), e.get("code")) in ACUTE_STRESS],
         # Current pregnancy (issue #8 point 5, service rule: no drug draft): CODES-2.md §3.
-        "pregnancy": _pregnancy(clinical),
+        "pregnancy": pregnancy,
+        "pregnancySource": pregnancy_source,
     }
 
 
