@@ -251,7 +251,7 @@ def iter_codings(value: Any) -> Iterable[dict[str, Any]]:
 
 
 # Kinds of document whose web address may be missing (never invented): see cards/shared.toml.
-URL_OPTIONAL_KINDS = ("service-rule", "study", "trial")
+URL_OPTIONAL_KINDS = ("service-rule", "study", "trial", "label")
 
 
 def prune(value: Any) -> Any:

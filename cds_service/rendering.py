@@ -203,7 +203,8 @@ def _join(parts: Iterable[str | None]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-CONDITION_NAMES = {"ptsd": "PTSD", "nightmares": "Nightmares", "acute-stress": "Acute stress"}
+CONDITION_NAMES = {"ptsd": "PTSD", "nightmares": "Nightmares", "acute-stress": "Acute stress",
+                   "pregnancy": "Pregnancy"}
 
 
 def _condition_name(c: ConditionFact) -> str:
@@ -269,7 +270,7 @@ def trial_line(t: SsriTrial) -> str:
     span = f"{_date(start) or '?'} to {_date(end) or '?'}"
     verdict = f"adequate: {'yes' if t.adequate else 'no'}; failed: {'yes' if t.failed else 'no'}"
     how = md_escape(t.reason) if t.reason else verdict
-    return f"- **SSRI trial:** {md_escape(d.ingredient if len(t.orders) > 1 else d.label)}, {span} — {how}"
+    return f"- **First-line medication trial:** {md_escape(d.ingredient if len(t.orders) > 1 else d.label)}, {span} — {how}"
 
 
 def session_line(count: int, sessions: Iterable[TherapySession]) -> str:

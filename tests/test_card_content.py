@@ -194,16 +194,17 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 @pytest.mark.parametrize("file, old, new, message", [
-    ("step-2-ssri.toml", 'cite = ["sertraline-label"]', 'cite = ["no-such-citation"]',
-     r"step-2-ssri.toml: detail\[1\]\.cite: unknown citation"),
-    ("step-2-ssri.toml", 'cite = ["sertraline-label"]', "cite = []", r"step-2-ssri.toml: detail\[1\]\.cite"),
+    ("step-2-ssri.toml", 'cite = ["sertraline-label", "paroxetine-label", "venlafaxine-trials"]', 'cite = ["no-such-citation"]',
+     r"step-2-ssri.toml: detail\[6\]\.cite: unknown citation"),
+    ("step-2-ssri.toml", 'cite = ["sertraline-label", "paroxetine-label", "venlafaxine-trials"]', "cite = []",
+     r"step-2-ssri.toml: detail\[6\]\.cite"),
     ("step-1-trauma-focused-psychotherapy.toml", "offer PE, CPT or EMDR", "offer PE, CPT or EMDR " + "x" * 60,
      r"step-1-trauma-focused-psychotherapy.toml: summary.patient-view: \d+ characters"),
-    ("step-4-venlafaxine.toml", "({failed_ssri})", "({failed_drug})", r"unknown placeholder\(s\) \['failed_drug'\]"),
-    ("step-4-venlafaxine.toml", "({failed_ssri})", "({failed_ssri.__class__})", r"must be a plain name"),
-    ("step-2-ssri.toml", "current_drugs = { description", "current_drugs = { max_length = 9, description",
+    ("step-4-venlafaxine.toml", "trial of {failed_ssri} failed", "trial of {failed_drug} failed", r"unknown placeholder\(s\) \['failed_drug'\]"),
+    ("step-4-venlafaxine.toml", "trial of {failed_ssri} failed", "trial of {failed_ssri.__class__} failed", r"must be a plain name"),
+    ("step-2-ssri.toml", "trial_weeks = { description", "trial_weeks = { max_length = 9, description",
      None),  # still valid: proves the mutation harness itself does not always fail
-    ("step-2-ssri.toml", "**Sertraline:**", "<b>Sertraline:</b>", r"raw HTML"),
+    ("step-2-ssri.toml", "**Offer sertraline", "<b>Offer sertraline", r"raw HTML"),
     ("step-1-trauma-focused-psychotherapy.toml", 'strength = "Strong for"\n', "",
      r"citations.vadod-psychotherapy.strength: is missing"),
     ("dose-out-of-range.toml", 'when = ["prazosin"]', 'when = ["prazosine"]', r"flag\(s\) \['prazosine'\] not declared"),
@@ -322,7 +323,7 @@ def test_ssri_suggestions_only_without_a_current_antidepressant(library):
     [fresh] = evaluate_rules("patient-view", facts(n_sessions=9))
     card = library.render(fresh, patient_id="p")
     meds = [s["actions"][0]["resource"]["medicationCodeableConcept"]["coding"][0]["code"] for s in card["suggestions"]]
-    assert meds == ["312940", "1738495"]
+    assert meds == ["312940", "1738495", "313583"]  # sertraline, paroxetine, venlafaxine ER
     [on_drug] = evaluate_rules("patient-view", facts(n_sessions=9, drugs=[drug("sertraline", mg=25)]))
     card = library.render(on_drug, patient_id="p")
     assert "suggestions" not in card and "sertraline 25 mg/day" in card["detail"]

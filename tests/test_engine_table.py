@@ -60,6 +60,18 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "ptsd-status-unreadable.patient-view": [],  # PTSD of unknown status: absent for the steps
     "ptsd-teen.patient-view": [(S1, "info"), (S3, "info")],  # under 18: psychotherapy whatever the course
     "ptsd-deceased.patient-view": [],  # service rule: no cards for a deceased patient
+    # first-line medication steps (issue #8 points 3, 5, 9, 10; details in test_clinical_steps.py)
+    "ptsd-venlafaxine-failed.patient-view": [(S4, "info")],  # sertraline or paroxetine next
+    "ptsd-sertraline-underdosed.patient-view": [(S2, "info")],  # under-dosed: titrate
+    "ptsd-sertraline-at-maximum.patient-view": [(S2, "info")],  # continue and reassess
+    "ptsd-paroxetine-not-tolerated.patient-view": [(S4, "info")],  # not tolerated = failed
+    "ptsd-sertraline-stopped-early.patient-view": [(S2, "info")],  # 10 days, no reason: no trial
+    "ptsd-fluoxetine-tried.patient-view": [(S2, "info")],  # fluoxetine is no first-line trial
+    "ptsd-on-escitalopram.patient-view": [(S2, "info")],  # current antidepressant: no draft
+    "ptsd-pregnant.patient-view": [(S2, "info")],  # current pregnancy: no draft
+    "ptsd-pregnancy-past.patient-view": [(S2, "info")],  # onset over 10 months ago: drafts
+    "ptsd-sertraline-quantity.patient-view": [(S4, "info")],  # supply from quantity: adequate
+    "ptsd-switch-under-way.patient-view": [(S4, "info")],  # the switch to venlafaxine under way
     # order-select: only selected drafts count
     "ptsd-benzo-therapy.select-lorazepam": [(BENZO, "critical")],
     "ptsd-new.select-sertraline-with-unselected-lorazepam": [],
@@ -80,6 +92,7 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "benzo-no-ptsd.sign-clonazepam": [],
     "ptsd-resolved.sign-alprazolam": [],
     "ptsd-new.sign-unreadable-drug": [(NOT_CHECKED, "warning")],  # never silence
+    "ptsd-pregnant.sign-sertraline-300": [(DOSE, "warning")],  # no replacement drafted in pregnancy
 }
 
 
@@ -172,8 +185,9 @@ def test_card_details_name_the_specifics(engine, settings):
     assert "**sertraline 50 mg/day**" in card("ptsd-ssri-titration.patient-view", S2)["detail"]
     assert "3 orders" in card("ptsd-ssri-renewals.patient-view", S4)["detail"]
     assert "suggestions" not in card("ptsd-ssri-underway.patient-view", S2)
-    assert len(card("ptsd-cpt-complete.patient-view", S2)["suggestions"]) == 2
+    assert len(card("ptsd-cpt-complete.patient-view", S2)["suggestions"]) == 3  # sertraline, paroxetine, venlafaxine
     assert "(sertraline)" in card("ptsd-ssri-failed-nightmares.patient-view", S4)["summary"]
+        assert "trial of sertraline failed" in card("ptsd-ssri-failed-nightmares.patient-view", S4)["summary"]
     assert "300 mg/day" in card("ptsd-new.sign-sertraline-300-and-prazosin-2", DOSE)["summary"]
     assert "above" in card("ptsd-new.sign-sertraline-300-and-prazosin-2", DOSE)["summary"]
     assert "below" in card("ptsd-new.select-paroxetine-10", DOSE)["summary"]

@@ -58,8 +58,10 @@ def sessions(n: int, start: date = date(2025, 1, 6)) -> list[TherapySession]:
                            start + timedelta(weeks=i)) for i in range(n)]
 
 
-def trial(d: DrugFact, *, adequate: bool, failed: bool) -> SsriTrial:
-    return SsriTrial(d, adequate, failed)
+def trial(d: DrugFact, *, adequate: bool, failed: bool, verdict: str | None = None) -> SsriTrial:
+    verdict = verdict or ("failed" if failed else "adequate" if adequate
+                          else "under-way" if d.is_current else "stopped-early")
+    return SsriTrial(d, adequate, failed, verdict=verdict, current=d.is_current)
 
 
 def facts(*, ptsd_active: bool = True, n_sessions: int = 0, drugs=(), trials=(), drafts=(),
@@ -88,8 +90,11 @@ VENLAFAXINE_DONE = drug("venlafaxine", "MedicationRequest/venla", mg=150, status
 
 
 def failed_ssri_facts(**kw) -> ClinicalFacts:
-    return facts(n_sessions=10, drugs=[SERTRALINE_FAILED, *kw.pop("drugs", [])],
-                 trials=[trial(SERTRALINE_FAILED, adequate=True, failed=True)], **kw)
+    drugs = kw.pop("drugs", [])
+    trials = [trial(SERTRALINE_FAILED, adequate=True, failed=True)]
+    if VENLAFAXINE_DONE in drugs:  # the second first-line agent, adequate and failed too
+        trials.append(trial(VENLAFAXINE_DONE, adequate=True, failed=True))
+    return facts(n_sessions=10, drugs=[SERTRALINE_FAILED, *drugs], trials=trials, **kw)
 
 
 # --- the ladder -------------------------------------------------------------------------------
@@ -125,29 +130,44 @@ def test_step_2_names_the_current_ssri_trial_under_way():
     f = one(evaluate_rules("patient-view", facts(n_sessions=9, drugs=[current],
                                                  trials=[trial(current, adequate=False, failed=False)])),
             "step-2-ssri")
-    assert f.flags == {"on-antidepressant"}
+    assert f.flags == {"on-antidepressant", "trial-under-way"}
     assert f.values["current_drugs"] == "sertraline 25 mg/day"
+    assert f.values["trial_drug"] == "sertraline 25 mg/day"
     assert f.drugs == (current,)
     assert not f.not_found
 
 
-def test_step_2_when_only_venlafaxine_is_current_says_so():
+def test_step_2_with_venlafaxine_current_is_a_first_line_trial_under_way():
+    """Issue #8 point 9: venlafaxine is a first-line agent (no "SSRI first" rule any more)."""
     venla = drug("venlafaxine", mg=150)
-    f = one(evaluate_rules("patient-view", facts(n_sessions=9, drugs=[venla])), "step-2-ssri")
-    assert f.flags == {"on-antidepressant", "on-venlafaxine"}
+    f = one(evaluate_rules("patient-view", facts(n_sessions=9, drugs=[venla],
+                                                 trials=[trial(venla, adequate=False, failed=False)])),
+            "step-2-ssri")
+    assert f.flags == {"on-antidepressant", "trial-under-way"}
 
 
 def test_failed_ssri_and_no_venlafaxine_gives_step_4():
     f = one(evaluate_rules("patient-view", failed_ssri_facts()), "step-4-venlafaxine")
     assert f.values["failed_ssri"] == "sertraline"
     assert [t.drug for t in f.ssri_trials] == [SERTRALINE_FAILED]
-    assert f.flags == frozenset()  # no current antidepressant: the draft prescription is offered
+    assert f.flags == {"after-ssri"}  # no current antidepressant: the venlafaxine draft is offered
+    assert f.values["next_agent"] == "venlafaxine"
 
 
-def test_ssri_stopped_before_adequate_counts_as_failed_and_leads_to_venlafaxine():
+def test_failed_venlafaxine_leads_to_sertraline_or_paroxetine():
+    venla = drug("venlafaxine", mg=150, status="completed", current=False, start=date(2025, 1, 1),
+                 end=date(2025, 9, 1))
+    f = one(evaluate_rules("patient-view", facts(n_sessions=10, drugs=[venla],
+                                                 trials=[trial(venla, adequate=True, failed=True)])),
+            "step-4-venlafaxine")
+    assert f.flags == {"after-venlafaxine"} and f.values["next_agent"] == "sertraline or paroxetine"
+
+
+def test_ssri_not_tolerated_counts_as_failed_and_leads_to_venlafaxine():
     stopped = drug("paroxetine", mg=20, status="stopped", current=False)
     out = evaluate_rules("patient-view", facts(n_sessions=9, drugs=[stopped],
-                                               trials=[trial(stopped, adequate=False, failed=True)]))
+                                               trials=[trial(stopped, adequate=False, failed=True,
+                                                             verdict="not-tolerated")]))
     assert topics(out) == ["step-4-venlafaxine"]
     assert out[0].values["failed_ssri"] == "paroxetine"
 

@@ -123,13 +123,15 @@ def test_drug_by_name(term, text, ingredient):
     assert term.drug_by_name(text).ingredient == ingredient
 
 
-@pytest.mark.parametrize("text", ["desvenlafaxine 50 MG", "Ativanx", "hydroxyzine", "escitalopram 10 MG", ""])
+@pytest.mark.parametrize("text", ["Ativanx", "hydroxyzine", "Lexaprofen", ""])
 def test_drug_by_name_needs_a_whole_word(term, text):
     assert term.drug_by_name(text) is None
 
 
 def test_desvenlafaxine_codes_are_not_venlafaxine(term):
-    assert term.drug_by_code(RXNORM, "790264") is None  # 24 HR desvenlafaxine 100 MG (VSAC 1213)
+    # 24 HR desvenlafaxine 100 MG (VSAC 1213): an antidepressant of its own, not venlafaxine
+    assert term.drug_by_code(RXNORM, "790264").ingredient == "desvenlafaxine"
+    assert term.drug_by_name("desvenlafaxine 50 MG").ingredient == "desvenlafaxine"
 
 
 def test_route_words(term):
@@ -142,7 +144,10 @@ def test_route_words(term):
 
 def test_thresholds_from_data(term):
     t = term.thresholds
-    assert t.ssri_min_daily_dose_mg == {"sertraline": 50.0, "paroxetine": 20.0, "fluoxetine": 20.0}
+    assert t.ssri_min_daily_dose_mg == {"sertraline": 50.0, "paroxetine": 20.0, "venlafaxine": 37.5}
+    assert t.at_min_dose("venlafaxine", 75) and not t.at_min_dose("venlafaxine", 37.5)  # above 37.5
+    assert t.at_min_dose("sertraline", 50) and not t.at_min_dose("sertraline", 25)
+    assert t.refill_bridge_days == 100 and t.default_supply_days == 30 and t.not_tolerated_within_days == 14
     assert t.ssri_min_weeks == 8 and t.current_max_age_days == 365
 
 

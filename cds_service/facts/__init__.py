@@ -66,7 +66,7 @@ def extract_facts(
     nightmares = [c for c in found["nightmares"] if c.status_known]  # unknown: absent for the steps
     drugs = bridge_refills(extract_drugs(_items(record.medication_requests), medications, term,
                                          OrderContext(today, term.thresholds), skipped),
-                           term.thresholds.refill_bridge_days, today)
+                           term.thresholds.refill_bridge_days, today, term.thresholds.default_supply_days)
     draft_drugs, unchecked = extract_draft_drugs(_items(record.draft_orders), _items(record.selections), hook,
                                       medications, term, today, skipped)
     patient = read_patient(record.patient, today, skipped)
@@ -83,6 +83,8 @@ def extract_facts(
         ptsd_unknown_status=[c for c in ptsd_all if not c.status_known],
         nightmares=nightmares,
         acute_stress=[c for c in found["acute-stress"] if c.status_known],
+        # An unreadable status counts as active here: the safe direction for "no drug draft".
+        pregnancy=found["pregnancy"],
         drugs=drugs,
         draft_drugs=draft_drugs,
         unchecked_orders=unchecked,

@@ -73,14 +73,32 @@ BENZODIAZEPINES = [
     "clobazam", "bromazepam", "remimazolam", "halazepam", "lormetazepam", "flunitrazepam",
     "nitrazepam", "prazepam",
 ]
-# Issue #3: ssri = sertraline, paroxetine, fluoxetine; snri = venlafaxine. (CODES.md §4a also
-# lists citalopram/escitalopram/duloxetine "for classification only"; issue #3 does not classify them.)
+# Antidepressants (issue #8 point 3): the first-line agents sertraline, paroxetine, venlafaxine
+# (VA/DoD 2023, GUIDELINE-FACTS §1), fluoxetine, and every other antidepressant of CODES.md §4a /
+# CODES-2.md §5a-§5b, by class. Each counts as an antidepressant on record (while one is current no
+# card drafts another: service rule); only the three first-line agents make a first-line trial.
+ANTIDEPRESSANTS = {
+    "ssri": ["sertraline", "paroxetine", "fluoxetine", "citalopram", "escitalopram", "fluvoxamine"],
+    "snri": ["venlafaxine", "duloxetine", "desvenlafaxine", "levomilnacipran"],
+    "maoi": ["phenelzine", "tranylcypromine", "isocarboxazid", "selegiline"],
+    "tca": ["amitriptyline", "nortriptyline", "imipramine", "desipramine", "clomipramine", "doxepin",
+            "amoxapine", "maprotiline", "protriptyline", "trimipramine"],
+    "other-antidepressant": ["mirtazapine", "bupropion", "trazodone", "nefazodone", "vortioxetine",
+                             "vilazodone"],
+}
 CLASS_OF = {
     **{name: "benzodiazepine" for name in BENZODIAZEPINES},
-    "sertraline": "ssri", "paroxetine": "ssri", "fluoxetine": "ssri",
-    "venlafaxine": "snri",
+    **{name: cls for cls, names in ANTIDEPRESSANTS.items() for name in names},
     "prazosin": "prazosin",
     "midomafetamine": "mdma",
+}
+# CODES-2.md §5a: verified RxNorm ingredient codes of the other antidepressants (the unverified rows
+# - fluvoxamine, clomipramine, vortioxetine, trimipramine, protriptyline and those without a code -
+# are left out: they are matched by their clinical-drug codes (§5b) and by name).
+ANTIDEPRESSANT_INGREDIENT_CODES = {
+    "bupropion": "42347", "mirtazapine": "15996", "trazodone": "10737", "nefazodone": "31565",
+    "amitriptyline": "704", "nortriptyline": "7531", "imipramine": "5691", "desipramine": "3247",
+    "doxepin": "3638",
 }
 # Extra names per ingredient (besides the generic name) and where they are justified.
 EXTRA_NAMES: dict[str, tuple[list[str], str]] = {
@@ -95,6 +113,25 @@ EXTRA_BRANDS: dict[str, tuple[str, str]] = {
     "Paxil": ("paroxetine", "CODES.md §4b note on missing brand codes; GUIDELINE-FACTS.md §6"),
     "Effexor": ("venlafaxine", "CODES.md §4b note on missing brand codes ('Effexor XR')"),
 }
+# CODES-2.md §5c "Text fallback for brands" (antidepressants; brand codes unverified or absent).
+ANTIDEPRESSANT_BRANDS = {
+    "Prozac": "fluoxetine", "Sarafem": "fluoxetine", "Symbyax": "fluoxetine",
+    "Pexeva": "paroxetine", "Brisdelle": "paroxetine",
+    "Celexa": "citalopram", "Lexapro": "escitalopram", "Luvox": "fluvoxamine",
+    "Cymbalta": "duloxetine", "Pristiq": "desvenlafaxine", "Khedezla": "desvenlafaxine",
+    "Fetzima": "levomilnacipran", "Viibryd": "vilazodone", "Trintellix": "vortioxetine",
+    "Brintellix": "vortioxetine", "Remeron": "mirtazapine", "Wellbutrin": "bupropion",
+    "Aplenzin": "bupropion", "Forfivo": "bupropion", "Zyban": "bupropion", "Desyrel": "trazodone",
+    "Oleptro": "trazodone", "Nardil": "phenelzine", "Parnate": "tranylcypromine",
+    "Marplan": "isocarboxazid", "Emsam": "selegiline", "Elavil": "amitriptyline",
+    "Pamelor": "nortriptyline", "Tofranil": "imipramine", "Norpramin": "desipramine",
+    "Anafranil": "clomipramine", "Silenor": "doxepin", "Sinequan": "doxepin",
+}
+for _brand, _ingredient in ANTIDEPRESSANT_BRANDS.items():
+    EXTRA_BRANDS[_brand] = (_ingredient, "CODES-2.md §5c text fallback for brands")
+EXTRA_BRANDS["Minipress"] = ("prazosin", "CODES-2.md §5c text fallback for brands")
+VERIFIED_SBD = ("CODES-2.md §5c (verified brand code; CDC IG archived value set "
+                "non-opioid-cns-depressant-medications, clinical/valuesets/more/derived/ptsd-cds-codelists-2.json)")
 # Codes at other RxNorm levels (brand groups, legacy concepts) observed in the test records and named
 # in the reference material; they are in no stored value set.
 OTHER_LEVEL_CODES = [
@@ -102,6 +139,26 @@ OTHER_LEVEL_CODES = [
     ("1153378", "Clonazepam [Klonopin]", "clonazepam", "CODES.md §3b data-reality warning; samples/synthea/SOURCES.md"),
     ("328670", "Sertraline 100MG", "sertraline", "CODES.md §4b note; valuesets/derived/synthea-veteran-ptsd-module-codes.json"),
     ("406022", "Fluoxetine 25MG", "fluoxetine", "CODES.md §4b note; samples/synthea/SOURCES.md (Milan_Beatty)"),
+    # CODES-2.md §5c: verified brand (SBD) codes (CDC IG archived value set non-opioid-cns-depressant-medications)
+    *[(code, display, ingredient, VERIFIED_SBD) for code, display, ingredient in [
+        ("898701", "24 HR trazodone hydrochloride 150 MG Extended Release Oral Tablet [Oleptro]", "trazodone"),
+        ("898706", "24 HR trazodone hydrochloride 300 MG Extended Release Oral Tablet [Oleptro]", "trazodone"),
+        ("966791", "doxepin 3 MG Oral Tablet [Silenor]", "doxepin"),
+        ("966795", "doxepin 6 MG Oral Tablet [Silenor]", "doxepin"),
+        ("725080", "fluoxetine 25 MG / olanzapine 3 MG Oral Capsule [Symbyax]", "fluoxetine"),
+        ("725064", "fluoxetine 25 MG / olanzapine 6 MG Oral Capsule [Symbyax]", "fluoxetine"),
+        ("725068", "fluoxetine 50 MG / olanzapine 12 MG Oral Capsule [Symbyax]", "fluoxetine"),
+        ("725072", "fluoxetine 50 MG / olanzapine 6 MG Oral Capsule [Symbyax]", "fluoxetine"),
+        ("752869", "mirtazapine 15 MG Disintegrating Oral Tablet [Remeron]", "mirtazapine"),
+        ("211322", "mirtazapine 15 MG Oral Tablet [Remeron]", "mirtazapine"),
+        ("752870", "mirtazapine 30 MG Disintegrating Oral Tablet [Remeron]", "mirtazapine"),
+        ("211323", "mirtazapine 30 MG Oral Tablet [Remeron]", "mirtazapine"),
+        ("752871", "mirtazapine 45 MG Disintegrating Oral Tablet [Remeron]", "mirtazapine"),
+        ("104838", "tranylcypromine 10 MG Oral Tablet [Parnate]", "tranylcypromine"),
+        ("1790886", "vortioxetine 10 MG Oral Tablet [Trintellix]", "vortioxetine"),
+        ("1790890", "vortioxetine 20 MG Oral Tablet [Trintellix]", "vortioxetine"),
+        ("1790892", "vortioxetine 5 MG Oral Tablet [Trintellix]", "vortioxetine"),
+    ]],
 ]
 DOSE_FORM_NON_SYSTEMIC = re.compile(
     r"\b(injection|injectable|auto-injector|prefilled syringe|cartridge|rectal|enema|suppository|nasal)\b",
@@ -126,8 +183,31 @@ WHO_ICD10_PTSD = [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "F43.1",
 ACUTE_STRESS = {("http://snomed.info/sct", "67195008"), ("http://hl7.org/fhir/sid/icd-10-cm", "F43.0")}
 
 
+# CODES-2.md §3: current pregnancy = VSAC "Pregnancy" (ICD-10-CM O09-O9A, Z32.01, Z33, Z34, Z3A and
+# 64 SNOMED CT concepts) and VSAC "Pregnant State" (Z33.1, Z33.3, 255409004); issue #8 point 5.
+PREGNANCY_VALUE_SETS = [
+    "valuesets/more/ecqm-content-qicore-2024/valueset-2.16.840.1.113883.3.526.3.378.json",
+    "valuesets/more/ecqm-content-qicore-2024/valueset-2.16.840.1.113883.3.3157.4055.json",
+]
+
+
+def _pregnancy(clinical: Path) -> tuple[list[dict[str, Any]], str]:
+    """Every code of the pregnancy value sets (system, code, display) and one source for the group."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    sources = []
+    for rel in PREGNANCY_VALUE_SETS:
+        vs = _load(clinical, rel)
+        sources.append(f"VSAC {vs.get('title')} ({vs.get('url')}, {vs.get('version')}), clinical/{rel}")
+        for c in vs.get("expansion", {}).get("contains", []):
+            if c.get("system") and c.get("code"):
+                rows.setdefault((c["system"], c["code"]), {"system": c["system"], "code": c["code"],
+                                                           "display": c.get("display", "")})
+    return sorted(rows.values(), key=lambda r: (r["system"], r["code"])), "CODES-2.md §3; " + "; ".join(sources)
+
+
 def build_conditions(clinical: Path) -> dict[str, Any]:
     groups = _load(clinical, CODELISTS)["groups"]
+    pregnancy, pregnancy_source = _pregnancy(clinical)
     keys = ("system", "code", "display", "status", "source", "note")
     return {
         "description": "Condition codes: active PTSD, active nightmares, and stress disorders that are NOT PTSD.",
@@ -140,12 +220,20 @@ def build_conditions(clinical: Path) -> dict[str, Any]:
         # gets the benzodiazepine card as a warning (issue #8 point 6; GUIDELINE-FACTS §0 row 2).
         "acuteStress": [_row(e, *keys) for e in groups["ptsd-related-not-ptsd"]
                         if (e.get("system"), e.get("code")) in ACUTE_STRESS],
+        # Current pregnancy (issue #8 point 5, service rule: no drug draft): CODES-2.md §3.
+        "pregnancy": pregnancy,
+        "pregnancySource": pregnancy_source,
     }
 
 
 def _ingredient_in(display: str) -> str | None:
     """The single ingredient of interest named in a value-set display (word match), else None."""
     found = [n for n in CLASS_OF if re.search(rf"\b{n}\b", display, re.IGNORECASE)]
+    benzodiazepines = [n for n in found if CLASS_OF[n] == "benzodiazepine"]
+    if len(found) > 1 and len(benzodiazepines) == 1:
+        # amitriptyline / chlordiazepoxide (Limbitrol): one DrugFact per order, and the
+        # benzodiazepine card must never be lost, so the benzodiazepine is the ingredient.
+        return benzodiazepines[0]
     if len(found) > 1:
         raise ValueError(f"two ingredients of interest in {display!r}")
     return found[0] if found else None
@@ -190,6 +278,9 @@ def _ingredient_codes(clinical: Path) -> dict[str, dict[str, Any]]:
             name = e["display"].split(" (")[0].strip().lower()
             if name in CLASS_OF and e.get("code") and e.get("status") == "verified":
                 out[name] = {"rxnorm": e["code"], "source": e["source"]}
+    for name, code in ANTIDEPRESSANT_INGREDIENT_CODES.items():
+        out.setdefault(name, {"rxnorm": code, "source": "CODES-2.md §5a (verified; US Core allergy-substance), "
+                                                         "clinical/valuesets/more/derived/ptsd-cds-codelists-2.json"})
     return out
 
 
@@ -228,7 +319,8 @@ def build_medications(clinical: Path) -> dict[str, Any]:
         "codes": codes,
         "otherLevelCodes": [
             {"system": RXNORM, "code": code, "display": display, "ingredient": ingredient,
-             "status": "observed in test data (not in any value set)", "source": source}
+             "status": "verified" if source == VERIFIED_SBD else "observed in test data (not in any value set)",
+             "source": source}
             for code, display, ingredient, source in OTHER_LEVEL_CODES
         ],
         "substanceCodes": [

@@ -4,7 +4,9 @@ A Condition is **PTSD** when one of its codings is a PTSD code of ``conditions.j
 47505003 and the descendants listed in CODES.md; ICD-10-CM F43.1/F43.10/F43.11/F43.12, also
 without the dot; ICD-11 6B40/6B41), matched on the canonical system URI. It is **nightmares** when
 a coding is 111487009, 428687006 or F51.5. 428687006 ("Nightmares associated with chronic PTSD")
-is both, so such a Condition yields one PTSD fact *and* one nightmare fact. Acute stress disorder
+is both, so such a Condition yields one PTSD fact *and* one nightmare fact. A current-pregnancy
+code (CODES-2 §3, VSAC "Pregnancy" and "Pregnant State") is **pregnancy** (kept with its onset; the
+rules decide whether it is current). Acute stress disorder
 (67195008) and acute stress reaction (F43.0) are **acute stress**, never PTSD (no step cards; the
 benzodiazepine card as a warning); the other listed stress disorders match nothing. A Condition is
 matched on codes only (a text of "PTSD" without a coding does not count).
@@ -22,6 +24,7 @@ malformed unrelated element (a bad onset date, an empty ``code.text``) is left o
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any, Iterable
 
 from cds_service.facts.fhir_read import (
@@ -68,6 +71,20 @@ def activity(view: ConditionView, raw: Resource) -> str | None:
     return "active"
 
 
+def latest_date(text: str | None) -> date | None:
+    """The last day a partial FHIR date can mean ("2026-03" -> 31 Mar, "2026" -> 31 Dec); a full
+    date is itself (fail-safe reading of a pregnancy onset: the most recent it can be)."""
+    start = to_date(text)
+    if start is None or text is None:
+        return None
+    if len(text) >= 10:
+        return start
+    if len(text) >= 7:
+        nxt = date(start.year + (start.month == 12), start.month % 12 + 1, 1)
+        return nxt - timedelta(days=1)
+    return date(start.year, 12, 31)
+
+
 def _kinds(pairs: Iterable[tuple[str | None, str | None, str | None]], term: Terminology) -> dict[str, Code]:
     """First matching coding per kind ("ptsd", "nightmares")."""
     found: dict[str, Code] = {}
@@ -93,7 +110,8 @@ def read_condition(condition: Any, term: Terminology, skipped: SkipCounter) -> l
     state = activity(view, condition)
     if state is None:
         return []
-    onset = to_date(view.onsetDateTime) or to_date(view.onsetPeriod.start if view.onsetPeriod else None)
+    onset_text = view.onsetDateTime or (view.onsetPeriod.start if view.onsetPeriod else None)
+    onset = to_date(onset_text)
     return [
         ConditionFact(
             kind=kind,  # type: ignore[arg-type]
@@ -105,6 +123,7 @@ def read_condition(condition: Any, term: Terminology, skipped: SkipCounter) -> l
             onset=onset,
             recorded=to_date(view.recordedDate),
             status_known=state != UNKNOWN,
+            onset_latest=latest_date(onset_text) if onset else None,
         )
         for kind, code in sorted(matches.items())
     ]
@@ -115,7 +134,7 @@ def extract_conditions(
 ) -> dict[str, list[ConditionFact]]:
     """Facts per kind ("ptsd", "nightmares", "acute-stress") from the record's Conditions: active
     ones, and those whose status is unknown (``status_known`` False)."""
-    found: dict[str, list[ConditionFact]] = {"ptsd": [], "nightmares": [], "acute-stress": []}
+    found: dict[str, list[ConditionFact]] = {"ptsd": [], "nightmares": [], "acute-stress": [], "pregnancy": []}
     for facts in read_each(conditions, lambda c: read_condition(c, term, skipped), skipped, "Condition"):
         for f in facts:
             found[f.kind].append(f)

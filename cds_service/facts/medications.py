@@ -1,8 +1,9 @@
 """Drugs of interest: classification, route, "current", daily dose and trial period.
 
 Every MedicationRequest of the record and every draft order of resourceType MedicationRequest is
-classified into benzodiazepine, ssri (sertraline, paroxetine, fluoxetine), snri (venlafaxine),
-prazosin or mdma (midomafetamine). Anything else is ignored.
+classified into benzodiazepine, an antidepressant class (ssri, snri, maoi, tca,
+other-antidepressant: every antidepressant of CODES-2 §5, ``model.ANTIDEPRESSANT_CLASSES``),
+prazosin, mdma (midomafetamine) or opioid. Anything else is ignored.
 
 **Which drug.** The medication is ``medicationCodeableConcept``, or ``medicationReference``
 resolved to a contained Medication (``#id``) or to ``record.medications["Medication/id"]``
@@ -27,10 +28,12 @@ orders are never current.
 
 **Trial period.** ``trial_start`` = authoredOn, else validity start. ``trial_end`` = validity end
 (capped at today: a drug cannot have been taken in the future), else today while current, else
-the start plus the recorded supply (``expectedSupplyDuration`` × (1 + ``numberOfRepeatsAllowed``)),
-else the start (no duration is proven) — unless the next order of the same drug was written
-within ``refillBridgeDays`` (``thresholds.json``): a renewal, so the order lasted until then
-(``bridge_refills``).
+the start plus the recorded supply (``expectedSupplyDuration``, or ``quantity`` ÷ the daily dose,
+× (1 + ``numberOfRepeatsAllowed``)); without any of these, until the next order of the same drug
+when that one was written within ``refillBridgeDays`` (100, ``thresholds.json``: consecutive
+renewals are one course), else ``defaultSupplyDays`` (30) — never past today (``bridge_refills``;
+issue #8 point 10). ``statusReason`` is kept as text (``DrugFact.status_reason``) for the
+not-tolerated rule of ``trials``.
 
 **Not a prescription.** An order with ``doNotPerform: true`` says the drug must not be given: it
 is not a drug fact at all.
@@ -51,14 +54,14 @@ from typing import Any, Iterable
 
 import msgspec
 
-from cds_service.facts.dosing import daily_dose
+from cds_service.facts.dosing import daily_dose, dose_per_administration
 from cds_service.facts.fhir_read import (
-    Malformed, Resource, SkipCounter, concept_label, raw_concept, read_each, read_view,
-    reference_of, strict_problems, to_date,
+    MAX_MATCH_TEXT, Malformed, Resource, SkipCounter, concept_label, concept_texts, raw_concept, read_each,
+    read_view, reference_of, strict_problems, to_date,
 )
 from cds_service.facts.model import ORDERS_BEING_PLACED, Code, DrugFact, UncheckedOrder
 from cds_service.facts.terminology import DrugMatch, Terminology, Thresholds
-from cds_service.facts.views import Dosage, MedicationRequestView, MedicationView
+from cds_service.facts.views import Concept, Dosage, MedicationRequestView, MedicationView
 from cds_service.patient_data.record import relative_reference
 
 MATCH_RANK = {"valueset": 0, "ingredient": 1, "code-map": 2, "name": 3}
@@ -242,25 +245,52 @@ DURATION_DAYS = {"d": 1.0, "day": 1.0, "days": 1.0, "wk": 7.0, "week": 7.0, "wee
                  "mo": 30.0, "month": 30.0, "months": 30.0, "h": 1 / 24, "a": 365.0}
 
 
-def supply_days(view: MedicationRequestView) -> float | None:
+def supply_days(view: MedicationRequestView, names: tuple[str, ...] = (), ingredient: str = "",
+                daily_mg: float | None = None) -> float | None:
     """Days a dispense covers, times the dispenses allowed (first fill + repeats), or None.
 
-    A ``stopped`` order ended before all its dispenses: only the first fill is counted."""
+    One dispense covers ``expectedSupplyDuration``, else ``quantity`` (tablets/capsules × the
+    strength in the drug name, or mg) divided by the daily dose (issue #8 point 10). A
+    ``stopped`` order ended before all its dispenses: only the first fill is counted."""
     dispense = view.dispenseRequest
-    duration = dispense.expectedSupplyDuration if dispense else None
+    if dispense is None:
+        return None
+    one = _duration_days(dispense.expectedSupplyDuration)
+    if one is None and dispense.quantity is not None and daily_mg:
+        amount = dose_per_administration(dispense.quantity, names, ingredient)
+        one = amount[0] / daily_mg if amount and amount[0] > 0 else None
+    if one is None:
+        return None
+    repeats = 0.0 if view.status == "stopped" else (dispense.numberOfRepeatsAllowed or 0.0)
+    return one * (1 + max(0.0, repeats))
+
+
+def _duration_days(duration) -> float | None:
     if duration is None:
         return None
     per_day = DURATION_DAYS.get((duration.code or duration.unit or "").lower())
     if duration.value is None or duration.value <= 0 or per_day is None:
         return None
-    repeats = 0.0 if view.status == "stopped" else (dispense.numberOfRepeatsAllowed or 0.0)
-    return duration.value * per_day * (1 + max(0.0, repeats))
+    return duration.value * per_day
 
 
-def bridge_refills(drugs: list[DrugFact], bridge_days: int, today: date | None = None) -> list[DrugFact]:
-    """Refills: an order of a drug whose end is unknown lasted until the next order of that drug,
-    when that one was written within ``bridge_days`` (monthly renewals without end dates are one
-    course, not a row of one-day trials). Record order is kept. One sort per drug: O(n log n)."""
+def status_reason_text(concept: Concept | None) -> str | None:
+    """MedicationRequest.statusReason as one text: its text, coding displays and codes."""
+    if concept is None:
+        return None
+    parts = concept_texts(concept) + [c.code for c in concept.coding if c.code]
+    return " | ".join(parts)[:MAX_MATCH_TEXT] or None
+
+
+def bridge_refills(drugs: list[DrugFact], bridge_days: int, today: date | None = None,
+                   default_days: int = 0) -> list[DrugFact]:
+    """Orders whose end is unknown (no validity end, not current, no supply on record).
+
+    Such an order lasted until the next order of that drug when that one was written within
+    ``bridge_days`` (consecutive renewals without end dates are one course, not a row of one-day
+    trials; issue #8 point 10: 100 days, ``thresholds.json``); otherwise - the last order, or one
+    followed only after a longer gap - it lasted ``default_days`` (30), never past today. Record
+    order is kept. One sort per drug: O(n log n)."""
     by_drug: dict[str, list[int]] = {}
     for i, d in enumerate(drugs):
         if d.was_taken and d.trial_start is not None:
@@ -268,13 +298,22 @@ def bridge_refills(drugs: list[DrugFact], bridge_days: int, today: date | None =
     out = list(drugs)
     for indices in by_drug.values():
         indices.sort(key=lambda i: drugs[i].trial_start)
-        for i, j in zip(indices, indices[1:]):
-            d, nxt = drugs[i], drugs[j]
-            unknown_end = d.period_end is None and not d.is_current and d.trial_end == d.trial_start
-            gap = (nxt.trial_start - d.trial_start).days
-            if unknown_end and 0 < gap <= bridge_days:
-                end = nxt.trial_start if today is None else min(nxt.trial_start, today)
-                out[i] = msgspec.structs.replace(d, trial_end=max(end, d.trial_start))
+        for k, i in enumerate(indices):
+            d = drugs[i]
+            if not (d.period_end is None and not d.is_current and d.trial_end == d.trial_start
+                    and not d.supply_days):
+                continue
+            nxt = drugs[indices[k + 1]] if k + 1 < len(indices) else None
+            gap = (nxt.trial_start - d.trial_start).days if nxt is not None else None
+            if gap is not None and 0 < gap <= bridge_days:
+                end = nxt.trial_start
+            elif default_days > 0:
+                end = d.trial_start + timedelta(days=default_days)
+            else:
+                continue
+            if today is not None:
+                end = min(end, today)
+            out[i] = msgspec.structs.replace(d, trial_end=max(end, d.trial_start))
     return out
 
 
@@ -344,10 +383,10 @@ def read_medication_request(request: Any, medications: dict[str, Resource], term
     start, end = (to_date(period.start), to_date(period.end)) if period else (None, None)
     routes = route_texts(view.dosageInstruction)
     current = not ctx.is_draft and is_current(status, authored, start, end, ctx.today, ctx.thresholds)
-    trial_start, trial_end = trial_period(authored, start, end, current, ctx.today,
-                                          supply_days(view) if not ctx.is_draft else None)
     names = tuple(info.names + ([match.reference_display] if match.reference_display else []))
     dose = daily_dose(view.dosageInstruction if complete else dose_steps(request), names, match.ingredient)
+    supply = None if ctx.is_draft else supply_days(view, names, match.ingredient, dose.mg_per_day if dose else None)
+    trial_start, trial_end = trial_period(authored, start, end, current, ctx.today, supply)
     return DrugFact(
         reference=reference_of("MedicationRequest", view.id), drug_class=match.drug_class,
         ingredient=match.ingredient, label=info.label or match.ingredient, matched_by=match.matched_by,
@@ -358,6 +397,7 @@ def read_medication_request(request: Any, medications: dict[str, Resource], term
         is_current=current, is_draft_order=ctx.is_draft, is_selected=ctx.selected,
         trial_start=trial_start, trial_end=trial_end, intent=view.intent,
         daily_dose_low_mg=dose.low_mg_per_day if dose else None,
+        supply_days=supply, status_reason=status_reason_text(view.statusReason),
     )
 
 

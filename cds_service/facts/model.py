@@ -14,9 +14,15 @@ import msgspec
 from datetime import date
 from typing import Literal
 
-DrugClass = Literal["benzodiazepine", "ssri", "snri", "prazosin", "mdma", "opioid"]
+DrugClass = Literal["benzodiazepine", "ssri", "snri", "maoi", "tca", "other-antidepressant", "prazosin", "mdma",
+                    "opioid"]
 # Ingredient names are lower-case generic names: "sertraline", "paroxetine", "fluoxetine",
 # "venlafaxine", "prazosin", "midomafetamine", "lorazepam", "diazepam", "alprazolam", ...
+# Every antidepressant class (issue #8 point 3; CODES-2 §5): while one is current no card drafts another.
+ANTIDEPRESSANT_CLASSES = frozenset({"ssri", "snri", "maoi", "tca", "other-antidepressant"})
+# The first-line agents (VA/DoD 2023 strong for, GUIDELINE-FACTS §1): only their courses are
+# first-line trials; fluoxetine and every other antidepressant count as tried, not as failed trials.
+FIRST_LINE_AGENTS = ("sertraline", "paroxetine", "venlafaxine")
 TherapyKind = Literal["prolonged-exposure", "cognitive-processing-therapy", "emdr", "image-rehearsal-therapy"]
 # Image rehearsal therapy treats nightmares: never a trauma-focused PTSD session.
 NIGHTMARE_THERAPY = "image-rehearsal-therapy"
@@ -51,7 +57,7 @@ class Code(msgspec.Struct, frozen=True):
 class ConditionFact(msgspec.Struct, frozen=True):
     """A Condition the rules care about (PTSD or nightmares) that counts as active."""
 
-    kind: Literal["ptsd", "nightmares", "acute-stress"]
+    kind: Literal["ptsd", "nightmares", "acute-stress", "pregnancy"]
     reference: str | None  # "Condition/123" (None when the resource has no id)
     code: Code  # the coding that matched
     text: str | None  # Condition.code.text or the coding display
@@ -62,6 +68,9 @@ class ConditionFact(msgspec.Struct, frozen=True):
     # False when a status element was recorded but could not be read: whether the condition is
     # active is unknown (safety cards treat it as possibly active, guideline steps as absent).
     status_known: bool = True
+    # The latest day the recorded onset can mean: a partial onset ("2026-03") reads as its last day
+    # (fail-safe for the pregnancy window); equal to ``onset`` for a full date.
+    onset_latest: date | None = None
 
 
 class DrugFact(msgspec.Struct, frozen=True):
@@ -90,6 +99,11 @@ class DrugFact(msgspec.Struct, frozen=True):
     intent: str | None = None
     # The low end when the dose is a range ("1 to 4 tablets"); daily_dose_mg is then the high end.
     daily_dose_low_mg: float | None = None
+    # Days one dispense covers: dispenseRequest.expectedSupplyDuration, else dispenseRequest.quantity
+    # (tablets/capsules, or mg) divided by the daily use; None when neither reads.
+    supply_days: float | None = None
+    # MedicationRequest.statusReason as recorded (text, coding displays and codes, joined), or None.
+    status_reason: str | None = None
 
     @property
     def was_taken(self) -> bool:
@@ -143,21 +157,29 @@ class DeclinedTherapy(msgspec.Struct, frozen=True):
     recorded: date | None  # performed[x] or the extension-free date we could read
 
 
-class SsriTrial(msgspec.Struct, frozen=True):
-    """Assessment of one SSRI as a treatment trial: every taken order of that drug together.
+TrialVerdict = Literal["adequate", "failed", "not-tolerated", "under-dosed", "continue-and-reassess",
+                       "under-way", "stopped-early", "no-trial"]
 
-    Renewals and dose steps are one course of the drug (issue #3: "per drug, the period it was
-    taken"); ``drug`` is its latest order, ``orders`` all of them in time order.
+
+class SsriTrial(msgspec.Struct, frozen=True):
+    """Assessment of one first-line agent (sertraline, paroxetine, venlafaxine) as a treatment
+    trial: its latest course (consecutive orders of the drug; ``trials.py``). The name is kept for
+    the card renderer; the trial may be venlafaxine.
+
+    ``drug`` is the course's latest order, ``orders`` all its orders in time order.
     """
 
     drug: DrugFact
-    adequate: bool  # taken at or above the minimum dose for >= 8 weeks without a break
-    failed: bool  # adequate and PTSD still active, or stopped before becoming adequate
-    # Human explanation, e.g. "100 mg/day (...), 12 weeks (needs >= 50 mg/day for >= 8 weeks): adequate"
+    adequate: bool  # taken at or above the minimum dose for >= 8 weeks (issue #8 point 10)
+    failed: bool  # adequate and PTSD still active, or not tolerated (a failed first-line trial)
+    # Human explanation, e.g. "sertraline 100 mg/day, 12 weeks at 50 mg/day or more: adequate"
     reason: str = ""
     orders: tuple[DrugFact, ...] = ()
     start: date | None = None  # first day taken
     end: date | None = None  # last day taken (today while current)
+    verdict: TrialVerdict = "no-trial"
+    current: bool = False  # an order of the course is current
+    weeks_at_dose: float = 0.0  # longest stretch at or above the minimum effective dose, in weeks
 
 
 class UncheckedOrder(msgspec.Struct, frozen=True):
@@ -190,7 +212,9 @@ class ClinicalFacts:
     courses: list[TherapyCourse] | None = None
     # Psychotherapy the patient declined (Procedure not-done with a refusal reason), in record order.
     declined_therapy: list[DeclinedTherapy] = field(default_factory=list)
-    ssri_trials: list[SsriTrial] = field(default_factory=list)
+    ssri_trials: list[SsriTrial] = field(default_factory=list)  # first-line agent trials (see SsriTrial)
+    # Active pregnancy Conditions (CODES-2 §3); whether one is *current* (onset window) is a rule.
+    pregnancy: list[ConditionFact] = field(default_factory=list)
     # Resources that could not be read (malformed); counted per resourceType, no patient data.
     skipped: dict[str, int] = field(default_factory=dict)
     # From the Patient resource (None when absent or unreadable: the adult rules apply).
@@ -254,11 +278,22 @@ class ClinicalFacts:
 
     @property
     def adequate_ssri_trial(self) -> bool:
+        """An adequate first-line trial is recorded (name kept from issue #3)."""
         return any(t.adequate for t in self.ssri_trials)
 
     @property
     def failed_ssri(self) -> bool:
+        """A first-line trial failed (name kept from issue #3)."""
         return any(t.failed for t in self.ssri_trials)
+
+    @property
+    def failed_first_line(self) -> list[str]:
+        """Distinct first-line agents whose trial failed (adequate without remission, or not tolerated)."""
+        return list(dict.fromkeys(t.drug.ingredient for t in self.ssri_trials if t.failed))
+
+    def current_antidepressants(self) -> list[DrugFact]:
+        """Every current antidepressant in the record (any class, CODES-2 §5)."""
+        return [d for d in self.drugs if d.drug_class in ANTIDEPRESSANT_CLASSES and d.is_current]
 
     def ever_taken(self, ingredient: str) -> list[DrugFact]:
         """Record MedicationRequests (not draft orders) of one ingredient, any status."""
@@ -269,12 +304,13 @@ class ClinicalFacts:
 
     @property
     def combined(self) -> bool:
-        """A trauma-focused session took place while an SSRI or venlafaxine was being taken.
+        """A trauma-focused session took place while a first-line agent (sertraline, paroxetine,
+        venlafaxine) was being taken.
 
         Sorted and merged, never pairwise: the drug periods are merged into disjoint intervals
         (one sort), then each session date is looked up with a binary search — O((n + m) log n)."""
         periods = sorted((d.trial_start, d.trial_end) for d in self.drugs
-                         if d.was_taken and (d.drug_class == "ssri" or d.ingredient == "venlafaxine")
+                         if d.was_taken and d.ingredient in FIRST_LINE_AGENTS
                          and d.trial_start and d.trial_end and d.trial_start <= d.trial_end)
         starts: list[date] = []
         ends: list[date] = []

@@ -114,6 +114,11 @@ def _read(name: str) -> dict[str, Any]:
         return json.load(fh)
 
 
+@lru_cache(maxsize=16)
+def _cached_words(words: tuple[str, ...]) -> re.Pattern[str]:
+    return _word_regex(words)
+
+
 def _word_regex(words: Iterable[str]) -> re.Pattern[str]:
     """One case-insensitive whole-word alternation, longest words first."""
     alts = sorted({w.strip() for w in words if w.strip()}, key=len, reverse=True)
@@ -134,13 +139,30 @@ class DrugMatch:
 
 
 @dataclass(frozen=True)
-class Thresholds:
+class Thresholds:  # noqa: PLR0902 - plain data
     current_max_age_days: int
     current_statuses: frozenset[str]
     ssri_min_weeks: float
     ssri_min_daily_dose_mg: Mapping[str, float]
     ssri_trial_gap_days: int  # orders of one drug this close together are one uninterrupted course
     refill_bridge_days: int  # an order without an end lasted until the next order of the drug within this
+    default_supply_days: int = 30  # a last order without end or supply lasted this long
+    # first-line agents whose minimum effective dose is exclusive ("above 37.5 mg")
+    trial_above_min_only: frozenset[str] = frozenset()
+    trial_max_daily_dose_mg: Mapping[str, float] = field(default_factory=dict)
+    not_tolerated_within_days: int = 14
+    not_tolerated_words: tuple[str, ...] = ()
+
+    def at_min_dose(self, ingredient: str, daily_mg: float | None) -> bool:
+        """At or above the minimum effective daily dose (above it for venlafaxine)."""
+        low = self.ssri_min_daily_dose_mg.get(ingredient)
+        if low is None or daily_mg is None:
+            return False
+        return daily_mg > low if ingredient in self.trial_above_min_only else daily_mg >= low
+
+    def not_tolerated(self, reason: str | None) -> bool:
+        """A statusReason text that says the drug was not tolerated (whole words)."""
+        return bool(reason) and _search(_cached_words(self.not_tolerated_words), reason[:MAX_TEXT])  # type: ignore[index]
 
 
 # --- the terminology ------------------------------------------------------------------------------
@@ -164,7 +186,8 @@ class _Base:
 
 def _build_conditions(data: dict[str, Any]) -> tuple[dict[tuple[str, str], frozenset[str]], frozenset]:
     kinds: dict[tuple[str, str], set[str]] = {}
-    for kind, group in (("ptsd", "ptsd"), ("nightmares", "nightmares"), ("acute-stress", "acuteStress")):
+    for kind, group in (("ptsd", "ptsd"), ("nightmares", "nightmares"), ("acute-stress", "acuteStress"),
+                        ("pregnancy", "pregnancy")):
         for row in data.get(group, []):
             key = (row["system"], normalise_code(row["system"], row["code"]))
             kinds.setdefault(key, set()).add(kind)
@@ -219,6 +242,11 @@ def _build_thresholds(data: dict[str, Any]) -> Thresholds:
         ssri_min_daily_dose_mg={k: float(v) for k, v in ssri["minDailyDoseMg"].items()},
         ssri_trial_gap_days=int(ssri["maxGapDays"]),
         refill_bridge_days=int(cur["refillBridgeDays"]),
+        default_supply_days=int(cur["defaultSupplyDays"]),
+        trial_above_min_only=frozenset(ssri.get("aboveMinOnly", [])),
+        trial_max_daily_dose_mg={k: float(v) for k, v in ssri.get("maxDailyDoseMg", {}).items()},
+        not_tolerated_within_days=int(ssri["notToleratedWithinDays"]),
+        not_tolerated_words=tuple(ssri["notToleratedWords"]),
     )
 
 

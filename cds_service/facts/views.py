@@ -13,7 +13,8 @@ What is read, per resource (nothing else is looked at):
   ``onsetPeriod.start``, ``recordedDate`` (``abatement[x]`` only for its presence, from the raw JSON).
 * MedicationRequest: ``id``, ``status``, ``intent``, ``doNotPerform``, ``medicationCodeableConcept``,
   ``medicationReference``, ``authoredOn``, ``dosageInstruction`` (sequence, timing, as-needed, route,
-  dose), ``dispenseRequest`` (validity period, expected supply duration, repeats).
+  dose), ``dispenseRequest`` (validity period, expected supply duration, repeats, quantity),
+  ``statusReason``.
 * Medication (contained or referenced): ``code``, ``form``, ``ingredient[].itemCodeableConcept``.
 * Procedure: ``id``, ``status``, ``statusReason`` (why not done: declined psychotherapy), ``code``,
   ``performedDateTime``, ``performedPeriod.start``.
@@ -112,6 +113,7 @@ class DispenseRequest(_View):
     validityPeriod: Period | None = None
     expectedSupplyDuration: Duration | None = None
     numberOfRepeatsAllowed: float | None = None
+    quantity: Quantity | None = None  # the amount per dispense (supply = quantity / daily use)
 
 
 class MedicationRequestView(_View):
@@ -124,6 +126,7 @@ class MedicationRequestView(_View):
     authoredOn: DateTime | None = None
     dosageInstruction: tuple[Dosage, ...] = ()
     dispenseRequest: DispenseRequest | None = None
+    statusReason: Concept | None = None  # why stopped (e.g. not tolerated): trial assessment
 
 
 class Ingredient(_View):

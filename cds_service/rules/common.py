@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
-from cds_service.facts.model import ORDERS_BEING_PLACED, ClinicalFacts, DrugFact
+from datetime import date
+
+from cds_service.facts.model import ORDERS_BEING_PLACED, ClinicalFacts, ConditionFact, DrugFact
 from cds_service.rules.finding import ORDER_SELECT, ORDER_SIGN
 from cds_service.rules.knowledge import GUIDELINE
+
+UNDER_18 = "under-18"
+PREGNANT = "pregnant"
+
+
+def months_before(today: date, months: int) -> date:
+    """The same day ``months`` calendar months earlier (the last day of a shorter month)."""
+    total = today.year * 12 + today.month - 1 - months
+    year, month = divmod(total, 12)
+    for day in (today.day, 30, 29, 28):
+        try:
+            return date(year, month + 1, day)
+        except ValueError:
+            continue
+    raise ValueError("unreachable")
+
+
+def current_pregnancy(facts: ClinicalFacts) -> list[ConditionFact]:
+    """Active pregnancy Conditions (CODES-2 §3) with onset within ``patient.pregnancy_months``
+    (10) months — service rule, issue #8 point 5. Fail-safe: an active pregnancy with no onset is
+    current, a partial onset counts from the last day it can mean ("2026-03" = 31 March), and one
+    whose status cannot be read counts as active."""
+    since = months_before(facts.today, GUIDELINE.pregnancy_months)
+    return [c for c in facts.pregnancy
+            if (c.onset_latest or c.onset) is None or (c.onset_latest or c.onset) >= since]
+
+
+def drug_draft_blocks(facts: ClinicalFacts) -> frozenset[str]:
+    """The flags that forbid any drug draft on any card: ``"under-18"`` (NICE, issue #8 point 4)
+    and ``"pregnant"`` (a current pregnancy, service rule, point 5). Empty when drafts are allowed."""
+    flags = set()
+    if facts.under(GUIDELINE.adult_age_years):
+        flags.add(UNDER_18)
+    if current_pregnancy(facts):
+        flags.add(PREGNANT)
+    return frozenset(flags)
 
 
 def tried(facts: ClinicalFacts, ingredient: str) -> list[DrugFact]:
@@ -14,17 +52,6 @@ def tried(facts: ClinicalFacts, ingredient: str) -> list[DrugFact]:
     requests are not a course of the drug (``DrugFact.was_taken``).
     """
     return [d for d in facts.ever_taken(ingredient) if d.was_taken]
-
-
-def drug_draft_blocks(facts: ClinicalFacts) -> frozenset[str]:
-    """Why no card may draft a drug for this patient: {"under-18"} under the adult age
-    (guideline.toml ``patient.adult_age_years``; NICE, issue #8 point 4), else empty.
-
-    Interim version of the ``therapy`` branch: the ``steps`` branch owns the real one (which adds
-    "pregnant", issue #8 point 5) and it replaces this at merge. Cards switch their drug drafts
-    off with ``unless = ["no-drug-draft"]`` and name each reason with a flag of the same name."""
-    return frozenset({"under-18"}) if facts.under(GUIDELINE.adult_age_years) else frozenset()
-
 
 
 def orders_to_check(hook: str, facts: ClinicalFacts) -> list[DrugFact]:

@@ -49,6 +49,7 @@ class Guideline:
     dose_ranges: dict[str, DoseRange]
     adult_age_years: int = 18
     no_cards_when_deceased: bool = True
+    pregnancy_months: int = 10  # a pregnancy with onset within this many months is current
 
 
 def _need(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -89,7 +90,10 @@ def load_guideline(path: Path = GUIDELINE_FILE) -> Guideline:
     deceased = patient.get("no_cards_when_deceased")
     if not isinstance(deceased, bool):
         raise GuidelineDataError(f"{path.name}: patient.no_cards_when_deceased must be true or false")
-    return Guideline(order, independent, ranges, adult, deceased)
+    pregnancy = _need(patient, "pregnancy_months", int, f"{path.name}: patient")
+    if pregnancy <= 0:
+        raise GuidelineDataError(f"{path.name}: patient.pregnancy_months must be positive")
+    return Guideline(order, independent, ranges, adult, deceased, pregnancy)
 
 
 GUIDELINE = load_guideline()

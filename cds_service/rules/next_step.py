@@ -1,7 +1,7 @@
 """patient-view, active PTSD: the one "next guideline step" card, and the nightmare card.
 
-The steps (issue #3) are tried in the order of ``guideline.toml`` ``next_step.order``; the first
-whose condition holds is the card shown:
+The steps are tried in the order of ``guideline.toml`` ``next_step.order``; the first whose
+condition holds is the card shown:
 
 1. ``step-1-trauma-focused-psychotherapy`` — no complete course of one trauma-focused therapy
    (service rule on GUIDELINE-FACTS §10: 12 CPT, 8 PE or 6 EMDR sessions;
@@ -9,9 +9,16 @@ whose condition holds is the card shown:
    (``ClinicalFacts.psychotherapy_declined``: then the medication step, §0 row 4, §12.4). The card
    says "continue the course, N so far" while a course is under way (flag ``course-under-way``,
    no referral), "N of M done; resume or restart" when it stopped (``course-stopped``).
-2. ``step-2-ssri`` — no adequate SSRI trial and no failed one.
-4. ``step-4-venlafaxine`` — an SSRI trial failed and venlafaxine was never taken.
-5. ``step-5-combine`` — psychotherapy and an SSRI/venlafaxine never overlapped in time.
+2. ``step-2-ssri`` (the medication step; topic kept) — no first-line trial (sertraline,
+   paroxetine, venlafaxine: VA/DoD 2023 strong for all three) has failed and none was adequate.
+   The card offers all three (drafts unless blocked) or, when a trial is under way, says which
+   case applies: under way, under-dosed (titrate), at the maximum (continue and reassess),
+   incomplete (``facts/trials.py``).
+4. ``step-4-venlafaxine`` (topic kept; "switch to another first-line medication") — exactly one
+   first-line agent has failed (adequate without remission, or not tolerated). Which one next is
+   a service rule: venlafaxine after an SSRI, sertraline or paroxetine after venlafaxine.
+5. ``step-5-combine`` — two different first-line agents failed (or one was adequate and did not
+   fail) and psychotherapy never overlapped with a first-line agent.
 6. ``step-6-specialized-referral`` — none of the above applies.
 
 ``step-3-nightmares`` is independent of the ladder: active nightmares and no image rehearsal
@@ -19,23 +26,10 @@ therapy recorded (whatever the prazosin dose). It offers an IRT referral and a p
 draft unless ``common.drug_draft_blocks`` forbids drug drafts (flag ``no-drug-draft`` plus the
 reason, e.g. ``under-18``) or prazosin is already current (``on-prazosin``).
 
-How the SSRI steps read the trial facts (the ordering subtlety)
-----------------------------------------------------------------
-``SsriTrial.failed`` is "adequate and PTSD still active, or stopped before becoming adequate".
-The ladder only runs for active PTSD, so here every adequate trial is also a failed one:
-
-* step 2's "no adequate trial and none failed" is in practice "no failed trial";
-* a trial that is neither adequate nor failed is one still under way (current, not yet at the
-  minimum dose for 8 weeks): step 2 fires and its card names the drug and dose ("optimise");
-* a trial stopped early (e.g. not tolerated) is failed: step 4 (venlafaxine) is next, as the
-  seed's "if SSRI not tolerated, switch to venlafaxine";
-* should the facts stage ever report an adequate trial that has *not* failed (a responder), step 2
-  does not fire (an adequate trial exists) and step 4 does not fire (nothing failed), so the ladder
-  goes on to step 5 (combine psychotherapy with the optimised drug) — deliberately, not by accident.
-
-Venlafaxine alone does not satisfy step 2: issue #3 puts an SSRI trial first even though VA/DoD
-2023 recommends sertraline, paroxetine *or* venlafaxine (strong for); the step-2 card says so
-when the patient is on venlafaxine (flag ``on-venlafaxine``).
+Fluoxetine and every other antidepressant are tried antidepressants, never failed first-line
+trials (issue #8 point 9). While any antidepressant is current no card drafts one (service rule,
+flag ``on-antidepressant``: the card names what is on record; a switch is the prescriber's
+decision); ``common.drug_draft_blocks`` adds ``under-18`` and ``pregnant`` (no drug draft at all).
 
 "Taken" / "never taken" ignores cancelled, entered-in-error and draft requests (``common.tried``).
 """
@@ -44,8 +38,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from cds_service.facts.model import ClinicalFacts
-from cds_service.rules.common import drug_draft_blocks, drug_phrase, names, ptsd_values, tried
+from cds_service.facts.model import ANTIDEPRESSANT_CLASSES, FIRST_LINE_AGENTS, ClinicalFacts, SsriTrial
+from cds_service.rules.common import current_pregnancy, drug_draft_blocks, drug_phrase, names, ptsd_values, tried
 from cds_service.rules.finding import Finding
 from cds_service.rules.knowledge import GUIDELINE
 
@@ -70,6 +64,7 @@ def psychotherapy_declined(facts: ClinicalFacts) -> bool:
 
 
 def needs_ssri(facts: ClinicalFacts) -> bool:
+    """The medication step: no first-line trial failed and none was adequate."""
     return not facts.adequate_ssri_trial and not facts.failed_ssri
 
 
@@ -80,7 +75,8 @@ def needs_nightmare_treatment(facts: ClinicalFacts) -> bool:
 
 
 def needs_venlafaxine(facts: ClinicalFacts) -> bool:
-    return facts.failed_ssri and not tried(facts, "venlafaxine")
+    """Step 4, switch to another first-line agent: exactly one first-line agent has failed."""
+    return len(facts.failed_first_line) == 1
 
 
 def needs_combination(facts: ClinicalFacts) -> bool:
@@ -103,14 +99,35 @@ APPLIES: dict[str, Callable[[ClinicalFacts], bool]] = {
 
 # --- what each card shows ------------------------------------------------------------------
 def _current_antidepressants(facts: ClinicalFacts):
-    """Current SSRIs/SNRIs, the ``current_drugs`` value naming them and their flags."""
-    current = facts.current("ssri") + facts.current("snri")
-    if not current:
-        return current, {}, frozenset()
-    flags = {"on-antidepressant"}
-    if any(d.ingredient == "venlafaxine" for d in current):
-        flags.add("on-venlafaxine")
-    return current, {"current_drugs": "; ".join(drug_phrase(d) for d in current)}, frozenset(flags)
+    """Current antidepressants (any class), the ``current_drugs`` value naming them and the flags
+    that block drug drafts (``on-antidepressant``, ``pregnant``)."""
+    current = facts.current_antidepressants()
+    flags = set(drug_draft_blocks(facts))
+    values: dict[str, str] = {}
+    if current:
+        flags.add("on-antidepressant")
+        values["current_drugs"] = "; ".join(drug_phrase(d) for d in current)
+    return current, values, frozenset(flags)
+
+
+def _others_tried(facts: ClinicalFacts) -> dict[str, str]:
+    """Antidepressants taken before that are not first-line trials (fluoxetine, citalopram, ...);
+    current ones are named as current instead."""
+    current = {d.ingredient for d in facts.current_antidepressants()}
+    others = [d for d in facts.drugs if d.was_taken and d.drug_class in ANTIDEPRESSANT_CLASSES
+              and d.ingredient not in FIRST_LINE_AGENTS and d.ingredient not in current]
+    return {"other_antidepressants": names(others)} if others else {}
+
+
+TRIAL_FLAGS = {"under-way": "trial-under-way", "under-dosed": "under-dosed",
+               "continue-and-reassess": "continue-and-reassess", "stopped-early": "incomplete-trial",
+               "no-trial": "incomplete-trial"}
+
+
+def _trial_in_focus(facts: ClinicalFacts) -> SsriTrial | None:
+    """The first-line trial the medication step card is about: a current one, else the latest."""
+    trials = sorted(facts.ssri_trials, key=lambda t: (t.current, t.end or t.start or facts.today))
+    return trials[-1] if trials else None
 
 
 # Therapy names as the step-1 card's text uses them (card wording of a record fact).
@@ -148,16 +165,27 @@ def _psychotherapy(facts: ClinicalFacts, hook: str, under_age: bool = False) -> 
 
 def _ssri(facts: ClinicalFacts, hook: str) -> Finding:
     current, values, flags = _current_antidepressants(facts)
+    trial = _trial_in_focus(facts)
+    extra: dict[str, str] = {**_others_tried(facts)}
+    more = set()
+    if trial is not None and trial.verdict in TRIAL_FLAGS:
+        more.add(TRIAL_FLAGS[trial.verdict])
+        extra["trial_drug"] = drug_phrase(trial.drug)
+        extra["trial_weeks"] = f"{trial.weeks_at_dose:g}"
+    if "other_antidepressants" in extra:
+        more.add("other-antidepressant-tried")
+    if psychotherapy_declined(facts):
+        more.add("psychotherapy-declined")
     return Finding(
         STEP_2, hook, "info",
-        conditions=tuple(facts.ptsd),
+        conditions=tuple(facts.ptsd) + tuple(current_pregnancy(facts)),
         drugs=tuple(current),
         ssri_trials=tuple(facts.ssri_trials),
         sessions=tuple(facts.sessions),
         session_count=facts.session_count,
-        values={**values, **ptsd_values(facts)},
-        flags=flags,
-        not_found=() if facts.ssri_trials else ("SSRI prescription (sertraline, paroxetine or fluoxetine)",),
+        values={**values, **extra, **ptsd_values(facts)},
+        flags=flags | more,
+        not_found=() if facts.ssri_trials else ("first-line medication (sertraline, paroxetine or venlafaxine)",),
     )
 
 
@@ -172,7 +200,8 @@ def _nightmares(facts: ClinicalFacts, hook: str) -> Finding:
     refs = [c.reference for c in facts.nightmares if c.reference]
     return Finding(
         STEP_3, hook, "info",
-        conditions=tuple(facts.ptsd) + tuple(facts.nightmares),
+        conditions=tuple(facts.ptsd) + tuple(facts.nightmares)
+        + (tuple(current_pregnancy(facts)) if "pregnant" in blocks else ()),
         drugs=tuple(prazosin),
         values={**({"nightmare_condition": refs[0]} if refs else {}), **ptsd_values(facts)},
         flags=frozenset(flags),
@@ -185,27 +214,39 @@ NIGHTMARE_DRAFT_BLOCK_FLAGS = frozenset({"under-18", "pregnant"})
 
 
 def _venlafaxine(facts: ClinicalFacts, hook: str) -> Finding:
+    """Step 4: switch to another first-line agent (service rule: venlafaxine after an SSRI;
+    sertraline or paroxetine after venlafaxine)."""
     failed = [t for t in facts.ssri_trials if t.failed]
     current, values, flags = _current_antidepressants(facts)
+    after = "after-venlafaxine" if facts.failed_first_line == ["venlafaxine"] else "after-ssri"
+    next_agent = "sertraline or paroxetine" if after == "after-venlafaxine" else "venlafaxine"
+    # the switch may already be under way: the other agent's trial, current and not yet judged
+    switch = [t for t in facts.ssri_trials if not t.failed and t.current
+              and t.verdict in ("under-way", "under-dosed", "continue-and-reassess")]
+    trial_values: dict[str, str] = {}
+    if switch:
+        flags = flags | {TRIAL_FLAGS[switch[-1].verdict]}
+        trial_values = {"trial_drug": drug_phrase(switch[-1].drug), "trial_weeks": f"{switch[-1].weeks_at_dose:g}"}
     return Finding(
         STEP_4, hook, "info",
-        conditions=tuple(facts.ptsd),
+        conditions=tuple(facts.ptsd) + tuple(current_pregnancy(facts)),
         drugs=tuple(current),
-        ssri_trials=tuple(failed),
+        ssri_trials=tuple(facts.ssri_trials),
         sessions=tuple(facts.sessions),
         session_count=facts.session_count,
-        values={"failed_ssri": names([t.drug for t in failed]), **values, **ptsd_values(facts)},
-        flags=flags,
-        not_found=("venlafaxine prescription",),
+        values={"failed_ssri": names([t.drug for t in failed]), "next_agent": next_agent,
+                **values, **trial_values, **_others_tried(facts), **ptsd_values(facts)},
+        flags=flags | {after} | ({"other-antidepressant-tried"} if _others_tried(facts) else set()),
+        not_found=() if tried(facts, "venlafaxine") or after == "after-venlafaxine" else ("venlafaxine prescription",),
     )
 
 
 def _pharmacotherapy(facts: ClinicalFacts):
-    return tuple(d for d in facts.drugs if d.drug_class == "ssri" or d.ingredient == "venlafaxine")
+    return tuple(d for d in facts.drugs if d.ingredient in FIRST_LINE_AGENTS)
 
 
 def _treatment_history(topic: str, not_found: tuple[str, ...] = ()) -> Callable[[ClinicalFacts, str], Finding]:
-    """Steps 5 and 6 show the whole treatment history: sessions, SSRI trials, venlafaxine."""
+    """Steps 5 and 6 show the whole treatment history: sessions, first-line trials."""
 
     def build(facts: ClinicalFacts, hook: str) -> Finding:
         return Finding(
@@ -228,7 +269,7 @@ BUILD: dict[str, Callable[[ClinicalFacts, str], Finding]] = {
     STEP_3: _nightmares,
     STEP_4: _venlafaxine,
     STEP_5: _treatment_history(
-        STEP_5, ("trauma-focused session dated within an SSRI or venlafaxine prescription period",)),
+        STEP_5, ("trauma-focused session dated within a sertraline, paroxetine or venlafaxine prescription period",)),
     STEP_6: _treatment_history(STEP_6),
 }
 

@@ -16,7 +16,9 @@
   PTSD the card lists the guideline steps still open.
 * ``dose-out-of-range`` — only with active PTSD, order hooks only: a draft of sertraline,
   paroxetine, venlafaxine or prazosin whose daily dose (mg) is known and outside the range in
-  ``guideline.toml``. A dose that cannot be worked out is not guessed at: no card.
+  ``guideline.toml``. A dose that cannot be worked out is not guessed at: no card. The card
+  suggests replacing the order (delete it, draft the same drug at the nearest bound of the range)
+  unless a drug draft is blocked (``common.drug_draft_blocks``) or another antidepressant is current.
 
 Order hooks look only at the selected drafts (order-select) or at every draft (order-sign); see
 ``common.orders_to_check``.
@@ -24,8 +26,8 @@ Order hooks look only at the selected drafts (order-select) or at every draft (o
 
 from __future__ import annotations
 
-from cds_service.facts.model import ClinicalFacts, DrugFact
-from cds_service.rules.common import daily_dose, mg, names, orders_to_check
+from cds_service.facts.model import ANTIDEPRESSANT_CLASSES, ClinicalFacts, DrugFact
+from cds_service.rules.common import daily_dose, drug_draft_blocks, mg, names, orders_to_check
 from cds_service.rules.finding import ORDER_HOOKS, PATIENT_VIEW, Finding
 from cds_service.rules.knowledge import GUIDELINE
 from cds_service.rules.next_step import open_steps
@@ -141,10 +143,18 @@ def dose_out_of_range(hook: str, facts: ClinicalFacts) -> list[Finding]:
             "direction": direction,
             "dose_range": limits.describe(facts.sex),
         }
-        # flags pick the card paragraphs: the drug's own dosing statement and the direction.
+        # flags pick the card paragraphs (the drug's own dosing statement, the direction) and the
+        # replacement order at the nearest bound (issue #8 point 17): the upper bound for men when
+        # the drug has one (``male``); none when a drug draft is blocked (under 18, pregnancy) or
+        # another antidepressant is current (service rule: no antidepressant drafted on top).
+        flags = {direction, order.ingredient} | drug_draft_blocks(facts)
+        if facts.sex == "male" and limits.max_mg_male is not None:
+            flags.add("male")
+        if order.drug_class in ANTIDEPRESSANT_CLASSES and any(
+                d.ingredient != order.ingredient for d in facts.current_antidepressants()):
+            flags.add("on-other-antidepressant")
         findings.append(Finding(DOSE, hook, "warning", conditions=tuple(facts.ptsd), drugs=(order,),
-                                values=values, flags=frozenset({direction, order.ingredient}),
-                                target_order=order.reference))
+                                values=values, flags=frozenset(flags), target_order=order.reference))
     return findings
 
 
