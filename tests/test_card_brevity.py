@@ -48,8 +48,6 @@ PENDING: dict[str, str] = {
 # card kind -> why one of its links is not yet an https page a person reads, from a listed domain
 PENDING_LINKS: dict[str, str] = {
     "benzodiazepine-avoid": "branch benzo: the FDA boxed warning is linked as an openFDA JSON API call",
-    "dose-out-of-range": "branch steps: the sertraline label is linked as an openFDA JSON API call",
-    "step-2-ssri": "branch steps: the sertraline label is linked as an openFDA JSON API call",
 }
 
 

@@ -51,7 +51,7 @@ def create(*codes: str) -> list[list[tuple[str, str]]]:
 # fixture request -> (topic, flags the rule must set, suggestions' actions, words the card says)
 TABLE = {
     # point 9: all three first-line agents offered when nothing has been tried
-    "ptsd-therapy-done.patient-view": (S2, set(), create(SERTRALINE, PAROXETINE, VENLAFAXINE),
+    "ptsd-cpt-complete.patient-view": (S2, set(), create(SERTRALINE, PAROXETINE, VENLAFAXINE),
                                        ["sertraline, paroxetine or venlafaxine"]),
     # point 9: after a failed SSRI, venlafaxine (service rule)
     "ptsd-ssri-failed-nightmares.patient-view": (S4, {"after-ssri"}, create(VENLAFAXINE),
