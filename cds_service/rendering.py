@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from cds_service.card_content import (  # noqa: F401  (CardContentError, BUILTIN: re-exported)
-    BUILTIN, SNOOZE_NOTE, SUMMARY_LIMIT, VERIFICATION_NOTE, CardContentError, CardTemplate, Citation,
+    BUILTIN, SNOOZE_NOTE, SUMMARY_LIMIT, CardContentError, CardTemplate, Citation,
     SuggestionTemplate, fill_resource, load_cards, prune, template_fields,
 )
 from cds_service.codesystems import CARD_TOPIC, OVERRIDE_REASON
@@ -362,15 +362,22 @@ def why_section(finding: Finding) -> str:
 
 
 def sources_section(cited: list[Citation]) -> str:
-    """Each cited document by its short name (linked), the statement and its grade: the full
-    reference is on the card's catalogue page and in the card's links."""
+    """Each cited document once, by its short name (linked) and the strength of what the card cites
+    from it. The statements themselves, their evidence and how each was verified are on the card
+    kind's catalogue page (``/cards/<topic>``), where a reviewer reads them: in the EHR a card
+    stays short (issue #8 point 15)."""
     lines = ["### Sources", ""]
+    by_document: dict[str, tuple[Any, list[str]]] = {}
     for c in cited:
-        doc = c.document
+        doc, strengths = by_document.setdefault(c.document.short, (c.document, []))
+        if c.strength and c.strength not in strengths:
+            strengths.append(c.strength)
+    for short, (doc, strengths) in by_document.items():
         name = f"[{doc.short}]({doc.url})" if doc.url else doc.short
-        grade = _join([c.strength and f"Strength: {c.strength}", c.evidence and f"Evidence: {c.evidence}"])
-        note = VERIFICATION_NOTE.get(c.verification or "verified", "")
-        lines.append(f"- **{name}** — {c.statement}." + (f" {grade}." if grade else "") + note)
+        if doc.kind == "service-rule":
+            lines.append(f"- **{name}**: this service's own decision, not a guideline statement")
+        else:
+            lines.append(f"- **{name}**" + (f": {'; '.join(s.lower() for s in strengths)}" if strengths else ""))
     return "\n".join(lines)
 
 

@@ -100,8 +100,9 @@ def test_detail_ends_with_why_then_sources(library):
         detail = library.render(finding, patient_id="p1")["detail"]
         why, sources = detail.index("### Why this card"), detail.index("### Sources")
         assert why < sources and detail.count("### ") == 2
-        cited = re.findall(r"^- \*\*(.+?)\*\* — ", detail[sources:], flags=re.M)
+        cited = re.findall(r"^- \*\*(.+?)\*\*(?:: |$)", detail[sources:], flags=re.M)
         assert cited, finding.topic
+        assert len(cited) == len(set(cited)), "each document once"  # statements: on the catalogue page
         # every paragraph before "Why" names its sources in brackets at the end
         for paragraph in detail[:why].strip().split("\n\n"):
             assert re.search(r"\([^()]+\)$", paragraph), paragraph
