@@ -361,6 +361,14 @@ def why_section(finding: Finding) -> str:
     return "\n".join(lines)
 
 
+def _grade(strength: str | None) -> str | None:
+    """The grade as a clinician reads it ("Strong for", "Do not offer"): a strength's remark in
+    brackets and a reviewer's note that no grade was read are left to the catalogue page."""
+    if not strength or strength.lower().startswith("not stated"):
+        return None
+    return strength.split(" (", 1)[0].strip() or None
+
+
 def sources_section(cited: list[Citation]) -> str:
     """Each cited document once, by its short name (linked) and the strength of what the card cites
     from it. The statements themselves, their evidence and how each was verified are on the card
@@ -370,14 +378,15 @@ def sources_section(cited: list[Citation]) -> str:
     by_document: dict[str, tuple[Any, list[str]]] = {}
     for c in cited:
         doc, strengths = by_document.setdefault(c.document.short, (c.document, []))
-        if c.strength and c.strength not in strengths:
-            strengths.append(c.strength)
+        grade = _grade(c.strength)
+        if grade and grade not in strengths:
+            strengths.append(grade)
     for short, (doc, strengths) in by_document.items():
         name = f"[{doc.short}]({doc.url})" if doc.url else doc.short
         if doc.kind == "service-rule":
             lines.append(f"- **{name}**: this service's own decision, not a guideline statement")
         else:
-            lines.append(f"- **{name}**" + (f": {'; '.join(s.lower() for s in strengths)}" if strengths else ""))
+            lines.append(f"- **{name}**" + (f": {'; '.join(strengths)}" if strengths else ""))
     return "\n".join(lines)
 
 

@@ -36,12 +36,6 @@ BASE = "https://cds.example.org"
 PENDING: dict[str, str] = {
     "benzodiazepine-avoid": "rewritten on branch benzo (detail over 700; GUIDELINE-FACTS, §, issue # in statements)",
     "mdma-investigational": "rewritten on branch benzo (detail over 700; GUIDELINE-FACTS §0, issue #3)",
-    "step-1-trauma-focused-psychotherapy": "rewritten on branch therapy (detail over 700; CODES.md §7a, issue #)",
-    "step-3-nightmares": "rewritten on branch therapy (detail over 700)",
-    "step-2-ssri": "rewritten on branch steps (detail over 700; issue #3; trial reason '>=' in facts/trials.py)",
-    "step-4-venlafaxine": "rewritten on branch steps (detail over 700; issue #3; trial reason '>=', '34.71 weeks')",
-    "step-5-combine": "rewritten on branch steps (detail over 700; issue #3; trial reason '>=', '25.71 weeks')",
-    "step-6-specialized-referral": "rewritten on branch steps (detail over 700; issue #3; trial reason '>=')",
 }
 # card kind -> why one of its links is not yet an https page a person reads, from a listed domain
 PENDING_LINKS: dict[str, str] = {
