@@ -94,6 +94,8 @@ class Paragraph:
     text: str
     cite: tuple[str, ...]
     visible: Visibility
+    # Shown on the card's catalogue page only, never in the card (long explanations; issue #8 point 15).
+    catalogue_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -413,7 +415,7 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
     citations = _load_citations(t, documents)
     paragraphs = []
     for p in t.tables("detail", required=True):
-        p.check_keys(["text", "cite", "hooks", "when", "unless"])
+        p.check_keys(["text", "cite", "hooks", "when", "unless", "catalogue_only"])
         text = p.text("text")
         if _RAW_HTML.search(text):
             raise p.error("text", "raw HTML is not allowed (GitHub-flavoured Markdown only)")
@@ -422,7 +424,8 @@ def _load_card(path: Path, documents: dict[str, Document], reasons: dict[str, st
         unknown = [c for c in cite if c not in citations]
         if unknown:
             raise p.error("cite", f"unknown citation(s) {unknown}")
-        paragraphs.append(Paragraph(text, cite, _visibility(p, hooks, flags)))
+        paragraphs.append(Paragraph(text, cite, _visibility(p, hooks, flags),
+                                    bool(p.get("catalogue_only", bool, required=False, default=False))))
     used = {c for p in paragraphs for c in p.cite}
     unused = sorted(set(citations) - used)
     if unused:

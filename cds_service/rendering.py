@@ -89,7 +89,7 @@ class CardLibrary:
         if len(summary) >= SUMMARY_LIMIT:  # cannot happen after the load-time check; kept as a guard
             raise RenderError(f"{card.path.name}: summary has {len(summary)} characters")
 
-        paragraphs = [p for p in card.paragraphs if p.visible.applies(hook, finding.flags)]
+        paragraphs = [p for p in card.paragraphs if p.visible.applies(hook, finding.flags) and not p.catalogue_only]
         md_values = {k: v if k in BUILTIN else md_escape(v) for k, v in values.items()}
         cited: list[Citation] = []
         blocks = []
@@ -199,8 +199,12 @@ def _ref(reference: str | None) -> str:
     return f" ({md_escape(reference)})" if reference else ""
 
 
+CONDITION_NAMES = {"ptsd": "PTSD", "nightmares": "Nightmares", "acute-stress": "Acute stress",
+                   "alcohol-withdrawal": "Alcohol withdrawal", "seizure": "Seizure disorder"}
+
+
 def condition_line(c: ConditionFact) -> str:
-    name = "PTSD" if c.kind == "ptsd" else "Nightmares"
+    name = CONDITION_NAMES.get(c.kind, "Condition")
     what = md_escape(c.text or c.code.display or c.code.code or "condition")
     details = _join([
         md_escape(c.code.label()),

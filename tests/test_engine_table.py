@@ -51,7 +51,8 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "ptsd-teen.patient-view": [(S1, "info"), (S3, "info")],  # under 18: psychotherapy whatever the course
     "ptsd-deceased.patient-view": [],  # service rule: no cards for a deceased patient
     # order-select: only selected drafts count
-    "ptsd-benzo-therapy.select-lorazepam": [(BENZO, "critical")],
+    # a renewal at the current dose: a warning supporting the taper, no removal (issue #8 point 1)
+    "ptsd-benzo-therapy.select-lorazepam": [(BENZO, "warning")],
     "ptsd-new.select-sertraline-with-unselected-lorazepam": [],
     "ptsd-new.select-paroxetine-10": [(DOSE, "warning")],
     "ptsd-new.select-midazolam-injection": [],
@@ -97,8 +98,21 @@ def run(engine: Engine, settings: Settings, name: str):
     return body, engine.findings(body["hook"], record, TODAY), engine.evaluate(body["hook"], record, TODAY)
 
 
+def clinical_tables() -> dict[str, list[tuple[str, str]]]:
+    """The scenario tables of the clinical branches' own test files (tests/test_clinical_*.py)."""
+    import importlib
+
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for path in sorted((REPO_ROOT / "tests").glob("test_clinical_*.py")):
+        tables.update(importlib.import_module(f"tests.{path.stem}").TABLE)
+    return tables
+
+
 def test_every_fixture_request_is_in_the_table():
-    assert {p.stem for p in REQUESTS.glob("*.json")} == set(TABLE)
+    """Every fixture request is in this table or in a clinical branch's table (never in both)."""
+    others = clinical_tables()
+    assert not set(others) & set(TABLE)
+    assert {p.stem for p in REQUESTS.glob("*.json")} == set(TABLE) | set(others)
 
 
 def test_every_card_kind_is_shown_by_some_fixture(engine):
@@ -156,12 +170,13 @@ def test_card_details_name_the_specifics(engine, settings):
     assert "below" in card("ptsd-new.select-paroxetine-10", DOSE)["summary"]
     assert "Steps still open" in card("ptsd-new.select-mdma", MDMA)["detail"]
     assert "Steps still open" not in card("benzo-no-ptsd.select-mdma", MDMA)["detail"]
-    benzo = card("ptsd-benzo-therapy.select-lorazepam", BENZO)
-    assert [a["resourceId"] for s in benzo["suggestions"] for a in s["actions"]] == ["MedicationRequest/d-lorazepam"]
+    benzo = card("ptsd-benzo-therapy.select-lorazepam", BENZO)  # a renewal (issue #8 point 1)
+    assert "suggestions" not in benzo and benzo["summary"].startswith("Benzodiazepine taper or renewal (lorazepam)")
+    assert "continues or steps down a benzodiazepine the patient already takes" in benzo["detail"]
     assert [r["code"] for r in benzo["overrideReasons"]] == [
         "procedural-short-term", "seizure-or-alcohol-withdrawal", "taper-in-progress", "patient-declined-alternatives"]
     pv = card("ptsd-benzo-therapy.patient-view", BENZO)
-    assert "Do not stop abruptly" in pv["detail"] and "suggestions" not in pv
+    assert "do not stop abruptly" in pv["detail"] and "suggestions" not in pv
 
 
 def test_several_benzodiazepine_orders_give_one_card_that_removes_each(engine, settings):

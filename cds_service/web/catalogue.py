@@ -99,6 +99,8 @@ def _card_view(card: CardTemplate, titles: dict[str, str], readme_rows: dict[str
             conditions.append("only on " + ", ".join(sorted(v.hooks)))
         conditions += [f"when: {card.flags[f]}" for f in sorted(v.when)]
         conditions += [f"unless: {card.flags[f]}" for f in sorted(v.unless)]
+        if p.catalogue_only:
+            conditions.append("catalogue page only (not shown in the card)")
         paragraphs.append({"html": markdown(p.text), "cite": [card.citations[c].document.short for c in p.cite],
                            "cite_ids": list(p.cite), "conditions": conditions})
     suggestions = []
