@@ -176,6 +176,13 @@ def test_a_renewal_at_the_same_or_a_lower_dose_is_a_taper(current_mg, draft_mg, 
     assert [ref for ref, _ in finding.orders] == ([] if taper else ["MedicationRequest/d1"])
 
 
+def test_the_order_itself_in_the_record_is_no_renewal():
+    """Some EHRs return the order being signed in the record too: it does not continue itself."""
+    order = _lorazepam(b.dosage(1, "mg"), id="same", status="active", authored="2026-11-28")
+    [finding] = evaluate_rules("order-sign", _facts(order, records=[order]))
+    assert finding.indicator == "critical" and [ref for ref, _ in finding.orders] == ["MedicationRequest/same"]
+
+
 def test_another_benzodiazepine_is_no_renewal():
     current = b.med_request("197591", id="m1", authored="2026-10-01", dosage=[b.dosage(10, "mg")])  # diazepam
     [finding] = evaluate_rules("order-sign", _facts(_lorazepam(b.dosage(1, "mg")), records=[current]))

@@ -199,7 +199,7 @@ def test_synthea_eliseo_resolved_ptsd_and_old_sertraline():
     facts = extract_facts(_synthea("Eliseo_Cummings"), today=TODAY, hook="patient-view")
     assert facts.ptsd == [] and facts.sessions == [] and facts.skipped == {}
     [sertraline] = [d for d in facts.drugs if d.drug_class == "ssri"]
-    # and an opioid, named on a benzodiazepine card (issue #8 point 8): "Acetaminophen/Hydrocodone"
+    # and an opioid, named on a benzodiazepine card (issue #8 point 8): "Acetaminophen/Hydrocodone", by its product code
     assert [(d.ingredient, d.matched_by) for d in facts.drugs if d.drug_class == "opioid"] == [("hydrocodone", "valueset")]
     assert (sertraline.ingredient, sertraline.code.code, sertraline.daily_dose_mg) == ("sertraline", "328670", 100.0)
     assert sertraline.status == "active" and not sertraline.is_current

@@ -21,7 +21,8 @@ checked too), or when the matched brand exists only in such forms (Diastat, Valt
 Seizalam, Byfavo). No SNOMED route codes are listed in CODES.md, so routes are matched on text.
 
 **Benzodiazepine exemptions** (issue #8 point 2, service rules; ``benzodiazepine_facts``): read only
-for benzodiazepine orders, from ``views.MedicationRequestContextView`` (degrading element by
+for benzodiazepine draft orders and current record orders (a past order keeps the route check
+above and no exemption: no card looks at it), from ``views.MedicationRequestContextView`` (degrading element by
 element: an unreadable route, timing or reason is simply not there, so it never exempts). An order
 is exempt (``DrugFact.exemption``) when it is
 
@@ -387,10 +388,12 @@ def _single_dose(dosages: tuple[DosageDetail, ...], term: Terminology) -> bool:
     return any(term.says_single_dose(t) for t in _instruction_texts(d))
 
 
-def _product_exemption(match: DrugMatch, info_codes: list[tuple[str, str, str | None]], names: list[str],
-                       forms: list[str], term: Terminology) -> str | None:
+@lru_cache(maxsize=4096)
+def _product_exemption(match: DrugMatch, info_codes: tuple[tuple[str, str, str | None], ...], names: tuple[str, ...],
+                       forms: tuple[str, ...], term: Terminology) -> str | None:
+    """Memoised per distinct (drug, codes, names, forms): a thousand renewals are looked at once."""
     rescue_ingredient = match.ingredient in term.exemptions.rescue_ingredients
-    candidates = names + forms + ([match.reference_display] if match.reference_display else [])
+    candidates = names + forms + ((match.reference_display,) if match.reference_display else ())
     if rescue_ingredient and any(term.is_rescue_product(system, code) for system, code, _ in info_codes):
         return "rescue-formulation"
     if any(term.exemptions_injection_form(n) for n in candidates):
@@ -403,6 +406,7 @@ def _product_exemption(match: DrugMatch, info_codes: list[tuple[str, str, str | 
     return None
 
 
+@lru_cache(maxsize=4096)
 def _route_exemption(dosages: tuple[DosageDetail, ...], ingredient: str, term: Terminology) -> str | None:
     kinds = [_route_kind(d, term) for d in dosages]
     if not kinds or None in kinds:
@@ -455,7 +459,7 @@ def benzodiazepine_facts(request: Resource, match: DrugMatch, info: MedicationIn
     reason_kinds = frozenset(k for concept in view.reasonCode for c in concept.coding
                              for k in term.condition_kinds(c.system, c.code) if k in INDICATION_KINDS)
     references = tuple(relative_reference(r.reference) for r in view.reasonReference if r.reference)
-    exemption = (_product_exemption(match, info.codes, info.names, forms, term)
+    exemption = (_product_exemption(match, tuple(info.codes), tuple(info.names), tuple(forms), term)
                  or _route_exemption(view.dosageInstruction, match.ingredient, term))
     if exemption is None and match.ingredient == "midazolam":
         texts = [t for d in view.dosageInstruction for t in _instruction_texts(d)]
@@ -518,15 +522,17 @@ def read_medication_request(request: Any, medications: dict[str, Resource], term
     names = tuple(info.names + ([match.reference_display] if match.reference_display else []))
     dose = daily_dose(view.dosageInstruction if complete else dose_steps(request), names, match.ingredient)
     forms = _forms(info, skipped)
+    # Why and how it is given matters for drafts and current orders only (the cards never look at a
+    # past benzodiazepine's exemption): a long history is not read twice.
+    read_context = match.drug_class == "benzodiazepine" and (ctx.is_draft or current)
     benzo = (benzodiazepine_facts(request, match, info, forms, names, term, skipped, counted=not complete)
-             if match.drug_class == "benzodiazepine" else BenzodiazepineFacts())
+             if read_context else BenzodiazepineFacts())
     return DrugFact(
         reference=reference_of("MedicationRequest", view.id), drug_class=match.drug_class,
         ingredient=match.ingredient, label=info.label or match.ingredient, matched_by=match.matched_by,
         code=code, status=status, authored_on=authored, period_start=start, period_end=end,
         route=routes[0] if routes else None,
-        systemic_non_procedural=(benzo.exemption not in ("injected", "rescue-formulation")
-                                 if match.drug_class == "benzodiazepine"
+        systemic_non_procedural=(benzo.exemption not in ("injected", "rescue-formulation") if read_context
                                  else _systemic(tuple(routes), tuple(info.names), tuple(forms), match, term)),
         daily_dose_mg=dose.mg_per_day if dose else None, dose_text=dose.text if dose else None,
         is_current=current, is_draft_order=ctx.is_draft, is_selected=ctx.selected,

@@ -85,6 +85,7 @@ def continued_by(order: DrugFact, facts: ClinicalFacts) -> list[DrugFact]:
     if order.daily_dose_mg is None:
         return []
     return [d for d in facts.current("benzodiazepine") if counts_for_card(d) and d.ingredient == order.ingredient
+            and d.reference != order.reference  # the order itself, when the record returns it too
             and d.daily_dose_mg is not None and d.daily_dose_mg >= order.daily_dose_mg]
 
 
