@@ -326,12 +326,13 @@ def test_ssri_suggestions_only_without_a_current_antidepressant(library):
     assert "suggestions" not in card and "sertraline 25 mg/day" in card["detail"]
 
 
-def test_open_steps_are_named_by_card_title(library):
+def test_the_mdma_card_does_not_repeat_the_step_cards(library):
+    """Issue #8 point 16: the MDMA card says it is not a guideline step; it names no step card."""
     [mdma] = evaluate_rules("order-select", facts(n_sessions=0, drafts=[order("midomafetamine", "d-m")]))[:1]
     detail = library.render(mdma, patient_id="p")["detail"]
-    assert library.cards["step-1-trauma-focused-psychotherapy"].title in detail
-    # patient-view: the step card is shown beside it, so the MDMA card does not repeat it (issue #8 point 16)
+    assert "Not a step of guideline-based PTSD treatment" in detail
+    assert library.cards["step-1-trauma-focused-psychotherapy"].title not in detail
     [pv] = evaluate_rules("patient-view", facts(n_sessions=0, drugs=[drug("midomafetamine")]))[:1]
     assert "the guideline-step card shows" in library.render(pv, patient_id="p")["detail"]
     [no_ptsd] = evaluate_rules("patient-view", facts(ptsd_active=False, drugs=[drug("midomafetamine")]))
-    assert "Steps still open" not in library.render(no_ptsd, patient_id="p")["detail"]
+    assert "guideline-step card" not in library.render(no_ptsd, patient_id="p")["detail"]
