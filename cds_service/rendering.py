@@ -204,7 +204,8 @@ def _join(parts: Iterable[str | None]) -> str:
 
 
 CONDITION_NAMES = {"ptsd": "PTSD", "nightmares": "Nightmares", "acute-stress": "Acute stress",
-                   "pregnancy": "Pregnancy"}
+                   "pregnancy": "Pregnancy", "alcohol-withdrawal": "Alcohol withdrawal",
+                   "seizure": "Seizure disorder"}
 
 
 def _condition_name(c: ConditionFact) -> str:

@@ -177,7 +177,8 @@ def test_prazosin_may_be_used_not_level_a(library):
 def test_mdma_card_quotes_no_efficacy_numbers(library):
     text = _all_text(library.cards["mdma-investigational"])
     assert "%" not in text and "CAPS" not in text
-    assert "Schedule I" in text and "9 Aug 2024" in text and "clinical trial" in text
+    assert "Schedule I" in text and "9 Aug 2024" in text and "phase 3 trial" in text
+    assert "only within an authorised" not in text  # GUIDELINE-FACTS §8 says Schedule I, no more (issue #8 point 14)
 
 
 # --- load-time validation -----------------------------------------------------------------------
@@ -223,7 +224,7 @@ def _edit(path: Path, old: str, new: str) -> None:
      r"step-2-ssri.toml: suggestions\[0\].actions\[0\].resource: not a valid FHIR R4 MedicationRequest"),
     ("step-1-trauma-focused-psychotherapy.toml", 'reasonReference = [{ reference = "{ptsd_condition}" }]',
      'reasonReference = { reference = "{ptsd_condition}" }', r"not a valid FHIR R4 ServiceRequest"),
-    ("benzodiazepine-avoid.toml", '[indicator_when]\n# A PTSD diagnosis whose status could not be read: still warned about (safe direction), as a warning.\nptsd-status-unknown = "warning"',
+    ("benzodiazepine-avoid.toml", '[indicator_when]\n# Every order is a taper or renewal of what the patient already takes: a warning, no removal.\ntaper-only = "warning"',
      '[indicator_when]\nno-such-flag = "warning"', r"indicator_when.no-such-flag: must be a flag declared"),
 ])
 def test_bad_card_content_is_refused_naming_file_and_field(cards_copy, file, old, new, message):
@@ -274,7 +275,7 @@ def test_render_refuses_a_finding_that_does_not_fit_its_card(library):
                 Finding("benzodiazepine-avoid", "order-select", "critical", values={**base.values, "dose": "1"}),
                 Finding("benzodiazepine-avoid", "order-select", "critical", values=base.values, flags=frozenset({"x"})),
                 Finding("dose-out-of-range", "patient-view", "warning"),
-                Finding("benzodiazepine-avoid", "order-select", "critical", values={"drug": "x"})):
+                Finding("mdma-investigational", "order-select", "critical", values={"drug": "x"})):
         with pytest.raises(RenderError):
             library.render(bad, patient_id="p")
 
@@ -330,9 +331,13 @@ def test_ssri_suggestions_only_without_a_current_antidepressant(library):
     assert "suggestions" not in card and "sertraline 25 mg/day" in card["detail"]
 
 
-def test_open_steps_are_named_by_card_title(library):
-    [mdma] = evaluate_rules("patient-view", facts(n_sessions=0, drugs=[drug("midomafetamine")]))[:1]
+def test_the_mdma_card_does_not_repeat_the_step_cards(library):
+    """Issue #8 point 16: the MDMA card says it is not a guideline step; it names no step card."""
+    [mdma] = evaluate_rules("order-select", facts(n_sessions=0, drafts=[order("midomafetamine", "d-m")]))[:1]
     detail = library.render(mdma, patient_id="p")["detail"]
-    assert library.cards["step-1-trauma-focused-psychotherapy"].title in detail
+    assert "Not a step of guideline-based PTSD treatment" in detail
+    assert library.cards["step-1-trauma-focused-psychotherapy"].title not in detail
+    [pv] = evaluate_rules("patient-view", facts(n_sessions=0, drugs=[drug("midomafetamine")]))[:1]
+    assert "the guideline-step card shows" in library.render(pv, patient_id="p")["detail"]
     [no_ptsd] = evaluate_rules("patient-view", facts(ptsd_active=False, drugs=[drug("midomafetamine")]))
-    assert "Steps still open" not in library.render(no_ptsd, patient_id="p")["detail"]
+    assert "guideline-step card" not in library.render(no_ptsd, patient_id="p")["detail"]

@@ -73,7 +73,8 @@ TABLE: dict[str, list[tuple[str, str]]] = {
     "ptsd-sertraline-quantity.patient-view": [(S4, "info")],  # supply from quantity: adequate
     "ptsd-switch-under-way.patient-view": [(S4, "info")],  # the switch to venlafaxine under way
     # order-select: only selected drafts count
-    "ptsd-benzo-therapy.select-lorazepam": [(BENZO, "critical")],
+    # a renewal at the current dose: a warning supporting the taper, no removal (issue #8 point 1)
+    "ptsd-benzo-therapy.select-lorazepam": [(BENZO, "warning")],
     "ptsd-new.select-sertraline-with-unselected-lorazepam": [],
     "ptsd-new.select-paroxetine-10": [(DOSE, "warning")],
     "ptsd-new.select-midazolam-injection": [],
@@ -120,8 +121,21 @@ def run(engine: Engine, settings: Settings, name: str):
     return body, engine.findings(body["hook"], record, TODAY), engine.evaluate(body["hook"], record, TODAY)
 
 
+def clinical_tables() -> dict[str, list[tuple[str, str]]]:
+    """The scenario tables of the clinical branches' own test files (tests/test_clinical_*.py)."""
+    import importlib
+
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for path in sorted((REPO_ROOT / "tests").glob("test_clinical_*.py")):
+        tables.update(importlib.import_module(f"tests.{path.stem}").TABLE)
+    return tables
+
+
 def test_every_fixture_request_is_in_the_table():
-    assert {p.stem for p in REQUESTS.glob("*.json")} == set(TABLE)
+    """Every fixture request is in this table or in a clinical branch's table (never in both)."""
+    others = clinical_tables()
+    assert not set(others) & set(TABLE)
+    assert {p.stem for p in REQUESTS.glob("*.json")} == set(TABLE) | set(others)
 
 
 def test_every_card_kind_is_shown_by_some_fixture(engine):
@@ -190,14 +204,16 @@ def test_card_details_name_the_specifics(engine, settings):
     assert "300 mg/day" in card("ptsd-new.sign-sertraline-300-and-prazosin-2", DOSE)["summary"]
     assert "above" in card("ptsd-new.sign-sertraline-300-and-prazosin-2", DOSE)["summary"]
     assert "below" in card("ptsd-new.select-paroxetine-10", DOSE)["summary"]
-    assert "Steps still open" in card("ptsd-new.select-mdma", MDMA)["detail"]
-    assert "Steps still open" not in card("benzo-no-ptsd.select-mdma", MDMA)["detail"]
-    benzo = card("ptsd-benzo-therapy.select-lorazepam", BENZO)
-    assert [a["resourceId"] for s in benzo["suggestions"] for a in s["actions"]] == ["MedicationRequest/d-lorazepam"]
+    # MDMA: not a guideline step, without repeating the step card (issue #8 point 16)
+    assert "Not a step of guideline-based PTSD treatment" in card("ptsd-new.select-mdma", MDMA)["detail"]
+    assert "Not a step of guideline-based PTSD treatment" not in card("benzo-no-ptsd.select-mdma", MDMA)["detail"]
+    benzo = card("ptsd-benzo-therapy.select-lorazepam", BENZO)  # a renewal (issue #8 point 1)
+    assert "suggestions" not in benzo and benzo["summary"].startswith("Benzodiazepine taper or renewal (lorazepam)")
+    assert "continues or steps down what the patient already takes" in benzo["detail"]
     assert [r["code"] for r in benzo["overrideReasons"]] == [
         "procedural-short-term", "seizure-or-alcohol-withdrawal", "taper-in-progress", "patient-declined-alternatives"]
     pv = card("ptsd-benzo-therapy.patient-view", BENZO)
-    assert "Do not stop abruptly" in pv["detail"] and "suggestions" not in pv
+    assert "do not stop abruptly" in pv["detail"] and "suggestions" not in pv
 
 
 def test_several_benzodiazepine_orders_give_one_card_that_removes_each(engine, settings):

@@ -76,11 +76,19 @@ def test_inactive_clinical_statuses(clinical):
 
 
 @pytest.mark.parametrize("verification, counts", [
-    ("refuted", False), ("entered-in-error", False), ("unconfirmed", True), ("provisional", True),
-    (None, True),
+    ("refuted", False), ("entered-in-error", False), ("confirmed", True), (None, True),
 ])
 def test_verification_status(verification, counts):
     assert facts_for(b.condition(verification=verification)).has_active_ptsd is counts
+
+
+@pytest.mark.parametrize("verification", ["unconfirmed", "provisional", "differential", "Provisional"])
+def test_unconfirmed_ptsd_is_kept_apart(verification):
+    """Issue #8 point 7 (service rule): not confirmed PTSD counts for the safety cards (as a
+    warning) but not for the guideline steps."""
+    facts = facts_for(b.condition(verification=verification))
+    assert not facts.has_active_ptsd and facts.ptsd == []
+    assert [c.confirmed for c in facts.ptsd_unconfirmed] == [False]
 
 
 def test_fact_provenance():
@@ -191,8 +199,8 @@ def test_synthea_eliseo_resolved_ptsd_and_old_sertraline():
     facts = extract_facts(_synthea("Eliseo_Cummings"), today=TODAY, hook="patient-view")
     assert facts.ptsd == [] and facts.sessions == [] and facts.skipped == {}
     [sertraline] = [d for d in facts.drugs if d.drug_class == "ssri"]
-    # and an opioid, named on a benzodiazepine card (issue #8 point 8): "Acetaminophen/Hydrocodone"
-    assert [(d.ingredient, d.matched_by) for d in facts.drugs if d.drug_class == "opioid"] == [("hydrocodone", "name")]
+    # and an opioid, named on a benzodiazepine card (issue #8 point 8): "Acetaminophen/Hydrocodone", by its product code
+    assert [(d.ingredient, d.matched_by) for d in facts.drugs if d.drug_class == "opioid"] == [("hydrocodone", "valueset")]
     assert (sertraline.ingredient, sertraline.code.code, sertraline.daily_dose_mg) == ("sertraline", "328670", 100.0)
     assert sertraline.status == "active" and not sertraline.is_current
     assert sertraline.authored_on == date(2015, 7, 3)

@@ -262,7 +262,7 @@ def test_a_draft_whose_medication_cannot_be_read_gets_the_order_not_checked_card
     result = assert_conformant(call(client, "ptsd-order-sign", hook_request(
         "order-sign", prefetch=full_prefetch(conditions=[ptsd_condition()]), drafts=[order])))
     [card] = _not_checked(result)
-    assert card["indicator"] == "warning" and "could not check" in card["summary"].lower()
+    assert card["indicator"] == "warning" and "not checked for benzodiazepines" in card["summary"].lower()
     assert "**Draft order not checked:** its medication could not be read" in card["detail"]
 
 

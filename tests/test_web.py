@@ -289,11 +289,12 @@ def test_demo_calls_are_tagged_through_the_http_path(make_app, tmp_path):
     """An EHR's call and feedback count by default; the demo's (X-PTSD-CDS-Client) only on request."""
     app = make_app(demo="on", database=str(tmp_path / "ptsd-cds.sqlite3"))
     client = app.test_client()
-    service, cards = hook_call(client, "ptsd-benzo-therapy.select-lorazepam.json")
+    # a new benzodiazepine (a renewal gets no removal suggestion: issue #8 point 1)
+    service, cards = hook_call(client, "ptsd-new.sign-lorazepam-and-diazepam.json")
     resp = client.post(f"/cds-services/{service}/feedback", json={"feedback": [
         feedback_item(cards[0]["uuid"], "overridden", reason="procedural-short-term")]})
     assert resp.status_code == 200
-    _, demo_cards = hook_call(client, "ptsd-benzo-therapy.select-lorazepam.json", {"X-PTSD-CDS-Client": "demo"})
+    _, demo_cards = hook_call(client, "ptsd-new.sign-lorazepam-and-diazepam.json", {"X-PTSD-CDS-Client": "demo"})
     resp = client.post(f"/cds-services/{service}/feedback", headers={"X-PTSD-CDS-Client": "demo"}, json={
         "feedback": [feedback_item(demo_cards[0]["uuid"], "accepted", suggestion=demo_cards[0]["suggestions"][0]["uuid"])]})
     assert resp.status_code == 200

@@ -26,7 +26,8 @@ from cds_service.rules import TOPICS
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
-LORAZEPAM = "lorazepam 1 MG Oral Tablet — 1 mg twice daily, Oral"
+# A new benzodiazepine for the patient on lorazepam (a lorazepam renewal gets no removal: issue #8 point 1).
+DIAZEPAM = "diazepam 5 MG Oral Tablet — 5 mg three times daily, Oral"
 
 
 
@@ -137,13 +138,13 @@ def test_demo_fires_every_hook_and_feedback_reaches_the_dashboard(sites, page):
     shot(pg, "01-patient-view")
     assert_accessible(pg, "demo patient-view")
 
-    # order-select: choose lorazepam -> the critical card with a "remove the order" suggestion
-    pg.select_option("#order-choice", label=LORAZEPAM)
+    # order-select: choose diazepam -> the critical card with a "remove the order" suggestion
+    pg.select_option("#order-choice", label=DIAZEPAM)
     pg.click("#add-order")
     critical = card(pg, "#order-cards", "benzodiazepine-avoid", "critical")
     critical.wait_for()
     assert pg.locator("#draft-list li").count() == 1
-    assert "lorazepam" in critical.locator(".summary").inner_text().lower()
+    assert "diazepam" in critical.locator(".summary").inner_text().lower()
     shot(pg, "02-order-select-critical")
     assert_accessible(pg, "demo order-select card")
 
@@ -155,7 +156,7 @@ def test_demo_fires_every_hook_and_feedback_reaches_the_dashboard(sites, page):
     shot(pg, "03-suggestion-taken")
 
     # order again, then dismiss the card with an override reason (keyboard only)
-    pg.select_option("#order-choice", label=LORAZEPAM)
+    pg.select_option("#order-choice", label=DIAZEPAM)
     pg.click("#add-order")
     critical = card(pg, "#order-cards", "benzodiazepine-avoid", "critical")
     critical.wait_for()
@@ -175,7 +176,7 @@ def test_demo_fires_every_hook_and_feedback_reaches_the_dashboard(sites, page):
     pg.locator("#status").filter(has_text="order-sign: 1 card").wait_for()
     shot(pg, "05-order-sign")
     pg.click("#sign-orders")
-    pg.locator("#signed-list li").filter(has_text="lorazepam").wait_for()
+    pg.locator("#signed-list li").filter(has_text="diazepam").wait_for()
     assert pg.locator("#draft-list li").count() == 0
 
     # every hook was called on the other origin, with CORS preflights and the demo header

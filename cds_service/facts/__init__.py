@@ -22,7 +22,9 @@ from typing import Any, Mapping
 from cds_service.facts.conditions import extract_conditions
 from cds_service.facts.patient import read_patient
 from cds_service.facts.fhir_read import SkipCounter, strict_problems
-from cds_service.facts.medications import OrderContext, bridge_refills, extract_draft_drugs, extract_drugs
+from cds_service.facts.medications import (
+    OrderContext, bridge_refills, extract_draft_drugs, extract_drugs, resolve_reasons,
+)
 from cds_service.facts.model import NIGHTMARE_THERAPY, ClinicalFacts
 from cds_service.facts.psychotherapy import assess_courses, dedupe_sessions, extract_procedures
 from cds_service.facts.terminology import Terminology, system_name
@@ -62,13 +64,15 @@ def extract_facts(
     medications = record.medications if isinstance(record.medications, dict) else {}
     found = extract_conditions(_items(record.conditions), term, skipped)
     ptsd_all = found["ptsd"]
-    ptsd = [c for c in ptsd_all if c.status_known]
+    ptsd = [c for c in ptsd_all if c.status_known and c.confirmed]
     nightmares = [c for c in found["nightmares"] if c.status_known]  # unknown: absent for the steps
     drugs = bridge_refills(extract_drugs(_items(record.medication_requests), medications, term,
                                          OrderContext(today, term.thresholds), skipped),
                            term.thresholds.refill_bridge_days, today, term.thresholds.default_supply_days)
     draft_drugs, unchecked = extract_draft_drugs(_items(record.draft_orders), _items(record.selections), hook,
                                       medications, term, today, skipped)
+    indications = [c for kind in ("alcohol-withdrawal", "seizure") for c in found[kind] if c.status_known]
+    drugs, draft_drugs = resolve_reasons(drugs, indications), resolve_reasons(draft_drugs, indications)
     patient = read_patient(record.patient, today, skipped)
     # A "completed" session dated after today is a data error, not treatment received.
     sessions, declined = extract_procedures(_items(record.procedures), term, skipped)
@@ -85,6 +89,9 @@ def extract_facts(
         acute_stress=[c for c in found["acute-stress"] if c.status_known],
         # An unreadable status counts as active here: the safe direction for "no drug draft".
         pregnancy=found["pregnancy"],
+        ptsd_unconfirmed=[c for c in ptsd_all if c.status_known and not c.confirmed],
+        alcohol_withdrawal=[c for c in found["alcohol-withdrawal"] if c.status_known],
+        seizure_disorder=[c for c in found["seizure"] if c.status_known],
         drugs=drugs,
         draft_drugs=draft_drugs,
         unchecked_orders=unchecked,

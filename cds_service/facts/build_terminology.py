@@ -12,7 +12,12 @@ It reads ``CODES.md``'s machine-readable copy (``valuesets/derived/ptsd-cds-code
 stored FHIR ValueSet expansions under ``valuesets/`` and writes two files into
 ``cds_service/data/terminology/``:
 
-* ``conditions.json``  - PTSD, nightmare and "looks like PTSD but is not" condition codes.
+* ``conditions.json``  - PTSD, nightmare and "looks like PTSD but is not" condition codes, and the
+  alcohol-withdrawal and seizure-disorder codes (CODES-2 §1, §2) that exempt a benzodiazepine
+  order whose own reason they are.
+* ``opioid-products.json`` - RxNorm product codes (SCD/SBD/packs) of the CDC opioid value sets
+  (CODES-2 §4b buprenorphine / methadone, §4d analgesics with ambulatory misuse potential), each
+  mapped to its opioid ingredient of ``opioids.json``.
 * ``medications.json`` - drug ingredients of interest (class, RxNorm ingredient code, generic and
   brand names), every RxNorm code of the relevant value sets mapped to its ingredient, the
   brand-level/legacy codes observed in the Synthea test data, and substance (UNII) codes.
@@ -182,6 +187,41 @@ WHO_ICD10_PTSD = [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "F43.1",
                    "source": "CODES-2.md §7: WHO ICD-10 F43.1 (category shared with ICD-10-CM); match it as PTSD"}]
 ACUTE_STRESS = {("http://snomed.info/sct", "67195008"), ("http://hl7.org/fhir/sid/icd-10-cm", "F43.0")}
 
+# --- indications that exempt a benzodiazepine order (issue #8 point 2; CODES-2 §1, §2) ---------
+CODELISTS_2 = "valuesets/more/derived/ptsd-cds-codelists-2.json"
+ALCOHOL_WITHDRAWAL_VS = "valuesets/more/ecqm-content-qicore-2024/valueset-2.16.840.1.113883.3.464.1003.105.12.1209.json"
+SEIZURE_VS = ("valuesets/more/ecqm-content-qicore-2024/valueset-2.16.840.1.113883.3.464.1003.105.12.1206.json",
+              "valuesets/more/ecqm-content-qicore-2024/valueset-2.16.840.1.113762.1.4.1248.171.json")
+# CODES-2 §2b: dissociative (psychogenic) convulsions are in VSAC "Seizure Disorder" but are not
+# epilepsy: never a reason that exempts a benzodiazepine. §1: 386449006 is a procedure, not a Condition.
+NOT_AN_INDICATION = {("http://snomed.info/sct", "191714002"), ("http://snomed.info/sct", "386449006")}
+
+
+def _value_set_rows(clinical: Path, rel: str) -> list[dict[str, Any]]:
+    vs = _load(clinical, rel)
+    return [{"system": c["system"], "code": c["code"], "display": c.get("display", ""),
+             "status": "verified", "source": f"{vs.get('title')} ({vs.get('url')}), clinical/{rel}"}
+            for c in vs.get("expansion", {}).get("contains", []) if c.get("system") and c.get("code")]
+
+
+def build_indications(clinical: Path) -> dict[str, list[dict[str, Any]]]:
+    """Alcohol-withdrawal and seizure-disorder codes: the whole VSAC expansions plus the verified
+    CODES-2 rows of the section (the F10.13x/F10.93x withdrawal codes are only there)."""
+    rows = _load(clinical, CODELISTS_2)["rows"]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key, section, files in (("alcoholWithdrawal", "alcohol-withdrawal", (ALCOHOL_WITHDRAWAL_VS,)),
+                                ("seizure", "seizure", SEIZURE_VS)):
+        seen: dict[tuple[str, str], dict[str, Any]] = {}
+        candidates = [r for f in files for r in _value_set_rows(clinical, f)]
+        candidates += [_row(r, "system", "code", "display", "status", "source") for r in rows
+                       if r.get("section") == section and r.get("status") == "verified" and r.get("code")]
+        for r in candidates:
+            key2 = (r["system"], r["code"])
+            if key2 not in NOT_AN_INDICATION:
+                seen.setdefault(key2, r)
+        out[key] = sorted(seen.values(), key=lambda r: (r["system"], r["code"]))
+    return out
+
 
 # CODES-2.md §3: current pregnancy = VSAC "Pregnancy" (ICD-10-CM O09-O9A, Z32.01, Z33, Z34, Z3A and
 # 64 SNOMED CT concepts) and VSAC "Pregnant State" (Z33.1, Z33.3, 255409004); issue #8 point 5.
@@ -223,6 +263,9 @@ def build_conditions(clinical: Path) -> dict[str, Any]:
         # Current pregnancy (issue #8 point 5, service rule: no drug draft): CODES-2.md §3.
         "pregnancy": pregnancy,
         "pregnancySource": pregnancy_source,
+        # The order's own reason (reasonCode / reasonReference) exempts a benzodiazepine order
+        # (service rule, issue #8 point 2); elsewhere in the record such a condition is only named.
+        **build_indications(clinical),
     }
 
 
@@ -331,12 +374,63 @@ def build_medications(clinical: Path) -> dict[str, Any]:
     }
 
 
+# --- opioid products (issue #8 point 8; CODES-2 §4b, §4d) --------------------------------------
+OPIOID_VALUE_SETS: list[tuple[str, str]] = [
+    ("cdc-buprenorphine-medications", "valuesets/more/opioid-cds-r4/buprenorphine-medications.json"),
+    ("cdc-methadone-medications", "valuesets/more/opioid-cds-r4/methadone-medications.json"),
+    ("cdc-opioid-analgesics-ambulatory-misuse",
+     "valuesets/more/opioid-cds-r4/opioid-analgesics-with-ambulatory-misuse-potential.json"),
+]
+OPIOIDS_FILE = OUT_DIR / "opioids.json"
+# Opioid ingredients named in the displays of those value sets but not among the CODES-2 §4a
+# ingredient rows (opioids.json): recognised by their product codes and by name, as read there.
+OTHER_OPIOID_INGREDIENTS = ["benzhydrocodone", "dextromoramide", "dipipanone", "heroin", "meptazinol",
+                            "pholcodine", "sufentanil"]
+
+
+def build_opioid_products(clinical: Path, opioids_file: Path = OPIOIDS_FILE) -> dict[str, Any]:
+    """Every RxNorm code of the CDC opioid value sets, mapped to the one opioid ingredient of
+    ``opioids.json`` its display names (a product naming none or two is refused)."""
+    ingredients = json.loads(opioids_file.read_text(encoding="utf-8"))["ingredients"]
+    names = {n.lower(): ing for ing, spec in ingredients.items() for n in spec["names"]}
+    names.update({n: n for n in OTHER_OPIOID_INGREDIENTS})
+    pattern = re.compile(r"\b(" + "|".join(sorted(map(re.escape, names), key=len, reverse=True)) + r")\b", re.I)
+    meta: dict[str, Any] = {}
+    codes: dict[str, dict[str, Any]] = {}
+    for vs_id, rel in OPIOID_VALUE_SETS:
+        vs = _load(clinical, rel)
+        meta[vs_id] = {"title": vs.get("title"), "url": vs.get("url"), "version": vs.get("version"),
+                       "file": f"clinical/{rel}"}
+        for c in vs.get("expansion", {}).get("contains", []):
+            if c.get("system") != RXNORM:
+                continue
+            found = {names[m.lower()] for m in pattern.findall(c.get("display", ""))}
+            if len(found) != 1:
+                raise ValueError(f"{rel}: {c.get('code')} {c.get('display')!r} names {sorted(found)} opioids")
+            row = codes.setdefault(c["code"], {"system": RXNORM, "code": c["code"], "display": c["display"],
+                                               "ingredient": found.pop(), "valueSets": []})
+            row["valueSets"].append(vs_id)
+    return {
+        "description": "Opioid products (RxNorm SCD/SBD/packs) mapped to their opioid ingredient: a current "
+                       "or ordered opioid coded only with a product code is named on the benzodiazepine card.",
+        "source": "CODES-2.md §4b, §4d (CDC Opioid Prescribing IG value sets, opioid-cds-r4@b29bdcbf)",
+        "generatedBy": GENERATED_BY,
+        "valueSets": meta,
+        "extraIngredients": {
+            n: {"class": "opioid", "names": [n], "brands": [],
+                "source": "ingredient named in the product displays of the value sets above (not a CODES-2 §4a row)"}
+            for n in OTHER_OPIOID_INGREDIENTS},
+        "codes": sorted(codes.values(), key=lambda r: (r["ingredient"], r["display"])),
+    }
+
+
 def write(clinical: Path, out_dir: Path = OUT_DIR) -> list[Path]:
     """Write the generated files; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, data in (("conditions.json", build_conditions(clinical)),
-                       ("medications.json", build_medications(clinical))):
+                       ("medications.json", build_medications(clinical)),
+                       ("opioid-products.json", build_opioid_products(clinical))):
         path = out_dir / name
         path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         written.append(path)

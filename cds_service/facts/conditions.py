@@ -8,12 +8,24 @@ is both, so such a Condition yields one PTSD fact *and* one nightmare fact. A cu
 code (CODES-2 §3, VSAC "Pregnancy" and "Pregnant State") is **pregnancy** (kept with its onset; the
 rules decide whether it is current). Acute stress disorder
 (67195008) and acute stress reaction (F43.0) are **acute stress**, never PTSD (no step cards; the
-benzodiazepine card as a warning); the other listed stress disorders match nothing. A Condition is
-matched on codes only (a text of "PTSD" without a coding does not count).
+benzodiazepine card as a warning); the other listed stress disorders match nothing. **Alcohol
+withdrawal** (CODES-2 §1) and **seizure disorder** (CODES-2 §2, VSAC "Seizure Disorder" and
+"Epilepsy" without dissociative convulsions) are read too: a benzodiazepine order whose own reason
+is such a Condition gets no card; elsewhere in the record the card names them.
+
+**Text** (service rule): a Condition none of whose codings matches any kind is PTSD when its
+``code.text`` or a coding display names post-traumatic stress disorder ("PTSD, chronic,
+combat-related") and no negation cancels it ("rule out PTSD", "r/o", "PTSD screen negative", "no
+PTSD", "history of PTSD, ruled out", "denies"; ``condition-text.json``). Texts are cut to 512
+characters and matched once per distinct text (memoised); the fact's code then has no system and
+no code, only the text.
 
 It counts (is **active**) when ``clinicalStatus`` is absent, active, recurrence or relapse, and
 ``verificationStatus`` is absent or anything but refuted / entered-in-error (so unconfirmed,
-provisional and differential diagnoses count). Inactive, remission and resolved do not.
+provisional and differential diagnoses count). Inactive, remission and resolved do not. A
+provisional, differential or unconfirmed diagnosis is **not confirmed** (``confirmed`` False): the
+safety cards treat such PTSD as a warning, the guideline steps as absent (service rule, issue #8
+point 7 — like a PTSD of unknown status).
 
 A status element that is present but cannot be read (a string where a CodeableConcept belongs, no
 readable code) is **unknown**, never guessed: such a PTSD Condition is reported separately
@@ -28,8 +40,8 @@ from datetime import date, timedelta
 from typing import Any, Iterable
 
 from cds_service.facts.fhir_read import (
-    Malformed, Resource, SkipCounter, concept_text, first_code, raw_codings, read_each, read_view,
-    reference_of, to_date,
+    Malformed, Resource, SkipCounter, concept_text, concept_texts, first_code, raw_concept, read_each,
+    read_view, reference_of, to_date,
 )
 from cds_service.facts.model import Code, ConditionFact
 from cds_service.facts.terminology import Terminology
@@ -37,6 +49,8 @@ from cds_service.facts.views import Concept, ConditionView
 
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+NOT_CONFIRMED = frozenset({"provisional", "differential", "unconfirmed"})
+KINDS = ("ptsd", "nightmares", "acute-stress", "pregnancy", "alcohol-withdrawal", "seizure")
 UNKNOWN = "unknown"
 
 
@@ -94,19 +108,38 @@ def _kinds(pairs: Iterable[tuple[str | None, str | None, str | None]], term: Ter
     return found
 
 
+def _text_kind(texts: Iterable[str], term: Terminology) -> tuple[str, str] | None:
+    """(kind, the text) of the first text that names a condition kind (PTSD), else None."""
+    for text in texts:
+        kind = term.condition_kind_by_text(text)
+        if kind:
+            return kind, text
+    return None
+
+
 def read_condition(condition: Any, term: Terminology, skipped: SkipCounter) -> list[ConditionFact]:
     """Facts for one Condition (empty when it does not match or is not active). Raises Malformed."""
     if not isinstance(condition, dict):
         raise Malformed("not an object")
-    if not _kinds(raw_codings(condition.get("code")), term):
-        return []  # not a candidate: nothing else is read
+    codes, texts = raw_concept(condition.get("code"))
+    by_text = None
+    if not _kinds(codes, term):
+        by_text = _text_kind(texts, term)
+        if by_text is None:
+            return []  # not a candidate: nothing else is read
     view, complete = read_view(condition, ConditionView)
     if not complete:
         skipped.skip("Condition (partly read)")
-    codings = view.code.coding if view.code else ()
-    matches = _kinds(((c.system, c.code, c.display) for c in codings), term)
-    if not matches:
-        raise Malformed("matching coding unreadable")
+    if by_text is None:
+        codings = view.code.coding if view.code else ()
+        matches = _kinds(((c.system, c.code, c.display) for c in codings), term)
+        if not matches:
+            raise Malformed("matching coding unreadable")
+    else:
+        found = _text_kind(concept_texts(view.code), term)
+        if found is None:
+            raise Malformed("matching text unreadable")
+        matches = {found[0]: Code(None, None, found[1])}
     state = activity(view, condition)
     if state is None:
         return []
@@ -124,6 +157,8 @@ def read_condition(condition: Any, term: Terminology, skipped: SkipCounter) -> l
             recorded=to_date(view.recordedDate),
             status_known=state != UNKNOWN,
             onset_latest=latest_date(onset_text) if onset else None,
+            confirmed=_status_code(view.verificationStatus) not in NOT_CONFIRMED,
+            by_text=by_text is not None,
         )
         for kind, code in sorted(matches.items())
     ]
@@ -132,9 +167,9 @@ def read_condition(condition: Any, term: Terminology, skipped: SkipCounter) -> l
 def extract_conditions(
     conditions: Iterable[Resource], term: Terminology, skipped: SkipCounter
 ) -> dict[str, list[ConditionFact]]:
-    """Facts per kind ("ptsd", "nightmares", "acute-stress") from the record's Conditions: active
-    ones, and those whose status is unknown (``status_known`` False)."""
-    found: dict[str, list[ConditionFact]] = {"ptsd": [], "nightmares": [], "acute-stress": [], "pregnancy": []}
+    """Facts per kind (``KINDS``) from the record's Conditions: active ones, and those whose status
+    is unknown (``status_known`` False)."""
+    found: dict[str, list[ConditionFact]] = {kind: [] for kind in KINDS}
     for facts in read_each(conditions, lambda c: read_condition(c, term, skipped), skipped, "Condition"):
         for f in facts:
             found[f.kind].append(f)

@@ -21,6 +21,30 @@ names injection, rectal or nasal use, when a drug name / ``Medication.form`` nam
 checked too), or when the matched brand exists only in such forms (Diastat, Valtoco, Nayzilam,
 Seizalam, Byfavo). No SNOMED route codes are listed in CODES.md, so routes are matched on text.
 
+**Benzodiazepine exemptions** (issue #8 point 2, service rules; ``benzodiazepine_facts``): read only
+for benzodiazepine draft orders and current record orders (a past order keeps the route check
+above and no exemption: no card looks at it), from ``views.MedicationRequestContextView`` (degrading element by
+element: an unreadable route, timing or reason is simply not there, so it never exempts). An order
+is exempt (``DrugFact.exemption``) when it is
+
+* ``"injected"`` — every dosage instruction has an injection route (route code of CODES-2 §6b/§6c
+  or route words), or the product is an injection form (any benzodiazepine);
+* ``"rescue-formulation"`` — diazepam or midazolam as a rescue product (CODES-2 §6a / CODES.md §3b
+  codes, a nasal / rectal / buccal dose form or brand), or every instruction has a nasal, rectal or
+  buccal route; such routes do not exempt other benzodiazepines;
+* ``"midazolam-single-dose"`` / ``"midazolam-pre-procedure"`` — midazolam, by any route, whose
+  only instruction has ``timing.repeat.count`` 1 (``countMax`` absent or 1) or says "single dose",
+  or whose instruction texts / as-needed reason / reasonCode text say it is given before a
+  procedure ("before the MRI", "procedural sedation", "premedication");
+* ``"reason-alcohol-withdrawal"`` / ``"reason-seizure"`` — its own ``reasonCode`` is an
+  alcohol-withdrawal or seizure-disorder code, or its ``reasonReference`` is an active such
+  Condition of the record (``resolve_reasons``). Reason texts alone do not exempt.
+
+**Taper in one order** (issue #8 point 1): ``steps_down`` is True when the order has several dosage
+instructions ordered by ``sequence`` (instructions of one sequence are taken together and summed)
+or else by ``timing.repeat.boundsPeriod.start``, each with a computable daily dose, and the daily
+dose never rises and ends lower than it starts.
+
 **Current.** Status active or on-hold, and either ``dispenseRequest.validityPeriod`` covers today,
 or (no validity end) the order was authored - or, without ``authoredOn``, its validity started -
 at most 365 days ago (``thresholds.json``). An order with no date at all is not current. Draft
@@ -59,9 +83,11 @@ from cds_service.facts.fhir_read import (
     MAX_MATCH_TEXT, Malformed, Resource, SkipCounter, concept_label, concept_texts, raw_concept, read_each,
     read_view, reference_of, strict_problems, to_date,
 )
-from cds_service.facts.model import ORDERS_BEING_PLACED, Code, DrugFact, UncheckedOrder
-from cds_service.facts.terminology import DrugMatch, Terminology, Thresholds
-from cds_service.facts.views import Concept, Dosage, MedicationRequestView, MedicationView
+from cds_service.facts.model import ORDERS_BEING_PLACED, Code, ConditionFact, DrugFact, UncheckedOrder
+from cds_service.facts.terminology import INDICATION_KINDS, DrugMatch, Terminology, Thresholds
+from cds_service.facts.views import (
+    Concept, Dosage, DosageDetail, MedicationRequestContextView, MedicationRequestView, MedicationView,
+)
 from cds_service.patient_data.record import relative_reference
 
 MATCH_RANK = {"valueset": 0, "ingredient": 1, "code-map": 2, "name": 3}
@@ -356,6 +382,153 @@ def dose_steps(request: Resource) -> tuple[Dosage, ...]:
     return tuple(steps)
 
 
+# --- benzodiazepines: why and how they are given (issue #8 points 1 and 2) ----------------------
+@dataclass(frozen=True)
+class BenzodiazepineFacts:
+    exemption: str | None = None
+    reason_kinds: frozenset[str] = frozenset()
+    reason_references: tuple[str, ...] = ()
+    steps_down: bool = False
+
+
+def _concept_texts(concept: Concept | None) -> list[str]:
+    if concept is None:
+        return []
+    return [t for t in [concept.text] + [c.display for c in concept.coding] if t]
+
+
+def _route_kind(dosage: DosageDetail, term: Terminology) -> str | None:
+    """"injection", "rescue" (nasal / rectal / buccal) or None (oral, other or no readable route)."""
+    route = dosage.route
+    if route is None:
+        return None
+    kinds = {term.route_kind(c.system, c.code) for c in route.coding} - {None}
+    texts = _concept_texts(route) + [c.code for c in route.coding if c.code]
+    if "injection" in kinds or any(term.exemptions_injection_route(t) for t in texts):
+        return "injection"
+    if "rescue" in kinds or any(term.names_rescue_route(t) for t in texts):
+        return "rescue"
+    return None
+
+
+def _instruction_texts(dosage: DosageDetail) -> list[str]:
+    timing_code = dosage.timing.code if dosage.timing else None
+    return ([t for t in (dosage.text, dosage.patientInstruction) if t]
+            + _concept_texts(dosage.asNeededCodeableConcept) + _concept_texts(timing_code))
+
+
+def _single_dose(dosages: tuple[DosageDetail, ...], term: Terminology) -> bool:
+    if len(dosages) != 1:
+        return False
+    d = dosages[0]
+    repeat = d.timing.repeat if d.timing else None
+    if repeat is not None and repeat.count == 1 and repeat.countMax in (None, 1):
+        return True
+    return any(term.says_single_dose(t) for t in _instruction_texts(d))
+
+
+@lru_cache(maxsize=4096)
+def _product_exemption(match: DrugMatch, info_codes: tuple[tuple[str, str, str | None], ...], names: tuple[str, ...],
+                       forms: tuple[str, ...], term: Terminology) -> str | None:
+    """Memoised per distinct (drug, codes, names, forms): a thousand renewals are looked at once."""
+    rescue_ingredient = match.ingredient in term.exemptions.rescue_ingredients
+    candidates = names + forms + ((match.reference_display,) if match.reference_display else ())
+    if rescue_ingredient and any(term.is_rescue_product(system, code) for system, code, _ in info_codes):
+        return "rescue-formulation"
+    if any(term.exemptions_injection_form(n) for n in candidates):
+        return "injected"
+    if rescue_ingredient and any(term.names_rescue_dose_form(n) for n in candidates):
+        return "rescue-formulation"
+    brands = [m for m in (term.drug_by_name(n) for n in names) if m]
+    if match.non_systemic_brand or any(b.non_systemic_brand for b in brands):
+        return "rescue-formulation" if rescue_ingredient else "injected"
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _route_exemption(dosages: tuple[DosageDetail, ...], ingredient: str, term: Terminology) -> str | None:
+    kinds = [_route_kind(d, term) for d in dosages]
+    if not kinds or None in kinds:
+        return None  # an instruction without a readable injection / rescue route: no exemption
+    if all(k == "injection" for k in kinds):
+        return "injected"
+    if ingredient in term.exemptions.rescue_ingredients:
+        return "rescue-formulation"
+    return None
+
+
+def _order_key(dosage: DosageDetail, by: str):
+    if by == "sequence":
+        return dosage.sequence
+    repeat = dosage.timing.repeat if dosage.timing else None
+    period = repeat.boundsPeriod if repeat else None
+    return to_date(period.start) if period else None
+
+
+def steps_down(request: Resource, dosages: tuple[DosageDetail, ...], names: tuple[str, ...],
+               ingredient: str) -> bool:
+    """The order's own instructions step the daily dose down over sequence or time (see module)."""
+    raw = request.get("dosageInstruction")
+    items = [x for x in raw if isinstance(x, dict)] if isinstance(raw, list) else []
+    if len(items) < 2 or len(items) != len(dosages):
+        return False
+    by = next((k for k in ("sequence", "bounds") if all(_order_key(d, k) is not None for d in dosages)), None)
+    if by is None:
+        return False
+    groups: dict[Any, float] = {}
+    for item, detail in zip(items, dosages):
+        step = dose_steps({"dosageInstruction": [item]})
+        dose = daily_dose(step, names, ingredient) if step else None
+        if dose is None:
+            return False  # a step whose dose cannot be worked out: no proven taper
+        key = _order_key(detail, by)
+        groups[key] = groups.get(key, 0.0) + dose.mg_per_day
+    doses = [groups[k] for k in sorted(groups)]
+    return len(doses) >= 2 and all(b <= a for a, b in zip(doses, doses[1:])) and doses[-1] < doses[0]
+
+
+def benzodiazepine_facts(request: Resource, match: DrugMatch, info: MedicationInfo, forms: list[str],
+                         names: tuple[str, ...], term: Terminology, skipped: SkipCounter,
+                         counted: bool = False) -> BenzodiazepineFacts:
+    """Exemption, reasons and own step-down of one benzodiazepine order (see module docstring).
+    ``counted``: the order was already counted as partly read (it is counted once)."""
+    view, complete = read_view(request, MedicationRequestContextView)
+    if not complete and not counted:
+        skipped.skip("MedicationRequest (partly read)")
+    reason_kinds = frozenset(k for concept in view.reasonCode for c in concept.coding
+                             for k in term.condition_kinds(c.system, c.code) if k in INDICATION_KINDS)
+    references = tuple(relative_reference(r.reference) for r in view.reasonReference if r.reference)
+    exemption = (_product_exemption(match, tuple(info.codes), tuple(info.names), tuple(forms), term)
+                 or _route_exemption(view.dosageInstruction, match.ingredient, term))
+    if exemption is None and match.ingredient == "midazolam":
+        texts = [t for d in view.dosageInstruction for t in _instruction_texts(d)]
+        texts += [t for concept in view.reasonCode for t in _concept_texts(concept)]
+        if any(term.says_pre_procedure(t) for t in texts):
+            exemption = "midazolam-pre-procedure"
+        elif _single_dose(view.dosageInstruction, term):
+            exemption = "midazolam-single-dose"
+    return BenzodiazepineFacts(exemption, reason_kinds, references,
+                               steps_down(request, view.dosageInstruction, names, match.ingredient))
+
+
+REASON_EXEMPTION = {"alcohol-withdrawal": "reason-alcohol-withdrawal", "seizure": "reason-seizure"}
+
+
+def resolve_reasons(drugs: list[DrugFact], indications: list[ConditionFact]) -> list[DrugFact]:
+    """Benzodiazepine orders whose own reason (reasonCode, or reasonReference to one of the record's
+    active alcohol-withdrawal / seizure-disorder Conditions) exempts them get that exemption."""
+    by_reference = {c.reference: c.kind for c in indications if c.reference}
+    out = []
+    for d in drugs:
+        if d.drug_class == "benzodiazepine" and (d.reason_kinds or d.reason_references):
+            kinds = set(d.reason_kinds) | {by_reference[r] for r in d.reason_references if r in by_reference}
+            if kinds:
+                exemption = d.exemption or REASON_EXEMPTION[sorted(kinds)[0]]
+                d = msgspec.structs.replace(d, reason_kinds=frozenset(kinds), exemption=exemption)
+        out.append(d)
+    return out
+
+
 def read_medication_request(request: Any, medications: dict[str, Resource], term: Terminology,
                             ctx: OrderContext, skipped: SkipCounter) -> DrugFact | None:
     """A DrugFact for one MedicationRequest, or None when it is not a drug of interest. Raises Malformed."""
@@ -387,17 +560,26 @@ def read_medication_request(request: Any, medications: dict[str, Resource], term
     dose = daily_dose(view.dosageInstruction if complete else dose_steps(request), names, match.ingredient)
     supply = None if ctx.is_draft else supply_days(view, names, match.ingredient, dose.mg_per_day if dose else None)
     trial_start, trial_end = trial_period(authored, start, end, current, ctx.today, supply)
+    forms = _forms(info, skipped)
+    # Why and how it is given matters for drafts and current orders only (the cards never look at a
+    # past benzodiazepine's exemption): a long history is not read twice.
+    read_context = match.drug_class == "benzodiazepine" and (ctx.is_draft or current)
+    benzo = (benzodiazepine_facts(request, match, info, forms, names, term, skipped, counted=not complete)
+             if read_context else BenzodiazepineFacts())
     return DrugFact(
         reference=reference_of("MedicationRequest", view.id), drug_class=match.drug_class,
         ingredient=match.ingredient, label=info.label or match.ingredient, matched_by=match.matched_by,
         code=code, status=status, authored_on=authored, period_start=start, period_end=end,
         route=routes[0] if routes else None,
-        systemic_non_procedural=_systemic(tuple(routes), tuple(info.names), tuple(_forms(info, skipped)), match, term),
+        systemic_non_procedural=(benzo.exemption not in ("injected", "rescue-formulation") if read_context
+                                 else _systemic(tuple(routes), tuple(info.names), tuple(forms), match, term)),
         daily_dose_mg=dose.mg_per_day if dose else None, dose_text=dose.text if dose else None,
         is_current=current, is_draft_order=ctx.is_draft, is_selected=ctx.selected,
         trial_start=trial_start, trial_end=trial_end, intent=view.intent,
         daily_dose_low_mg=dose.low_mg_per_day if dose else None,
         supply_days=supply, status_reason=status_reason_text(view.statusReason),
+        exemption=benzo.exemption, reason_kinds=benzo.reason_kinds,
+        reason_references=benzo.reason_references, steps_down=benzo.steps_down,
     )
 
 

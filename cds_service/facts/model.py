@@ -47,9 +47,12 @@ class Code(msgspec.Struct, frozen=True):
     display: str | None = None
 
     def label(self) -> str:
-        """Short human form, e.g. ``SNOMED CT 47505003 "Posttraumatic stress disorder"``."""
+        """Short human form, e.g. ``SNOMED CT 47505003 "Posttraumatic stress disorder"``; a condition
+        recognised by its text alone: ``recorded as text "PTSD, chronic"``."""
         from cds_service.facts.terminology import system_name  # local import: avoid cycle
 
+        if self.system is None and self.code is None:
+            return f'recorded as text "{self.display}"' if self.display else "no code"
         text = f"{system_name(self.system)} {self.code}"
         return f'{text} "{self.display}"' if self.display else text
 
@@ -57,7 +60,7 @@ class Code(msgspec.Struct, frozen=True):
 class ConditionFact(msgspec.Struct, frozen=True):
     """A Condition the rules care about (PTSD or nightmares) that counts as active."""
 
-    kind: Literal["ptsd", "nightmares", "acute-stress", "pregnancy"]
+    kind: Literal["ptsd", "nightmares", "acute-stress", "pregnancy", "alcohol-withdrawal", "seizure"]
     reference: str | None  # "Condition/123" (None when the resource has no id)
     code: Code  # the coding that matched
     text: str | None  # Condition.code.text or the coding display
@@ -71,6 +74,10 @@ class ConditionFact(msgspec.Struct, frozen=True):
     # The latest day the recorded onset can mean: a partial onset ("2026-03") reads as its last day
     # (fail-safe for the pregnancy window); equal to ``onset`` for a full date.
     onset_latest: date | None = None
+    # False when verificationStatus is provisional, differential or unconfirmed (issue #8 point 7).
+    confirmed: bool = True
+    # True when recognised by its text alone (no coding matched): ``code`` then has no system/code.
+    by_text: bool = False
 
 
 class DrugFact(msgspec.Struct, frozen=True):
@@ -104,6 +111,16 @@ class DrugFact(msgspec.Struct, frozen=True):
     supply_days: float | None = None
     # MedicationRequest.statusReason as recorded (text, coding displays and codes, joined), or None.
     status_reason: str | None = None
+    # Benzodiazepines only (issue #8 points 1 and 2; see facts.medications):
+    # why no benzodiazepine card: "rescue-formulation", "injected", "midazolam-single-dose",
+    # "midazolam-pre-procedure", "reason-alcohol-withdrawal", "reason-seizure"; None = none.
+    exemption: str | None = None
+    # Condition kinds named by the order's own reasonCode, and its reasonReference targets
+    # ("Condition/<id>"; resolved against the record's conditions by extract_facts).
+    reason_kinds: frozenset[str] = frozenset()
+    reason_references: tuple[str, ...] = ()
+    # Its own dosage instructions step down over sequence or time (a taper written in one order).
+    steps_down: bool = False
 
     @property
     def was_taken(self) -> bool:
@@ -200,6 +217,13 @@ class ClinicalFacts:
     nightmares: list[ConditionFact] = field(default_factory=list)  # active nightmare conditions only
     # Active acute stress disorder / reaction (not PTSD: no step cards; the benzodiazepine card).
     acute_stress: list[ConditionFact] = field(default_factory=list)
+    # Active PTSD recorded as provisional, differential or unconfirmed (issue #8 point 7): the
+    # safety cards as a warning, no guideline-step cards (like ``ptsd_unknown_status``).
+    ptsd_unconfirmed: list[ConditionFact] = field(default_factory=list)
+    # Active alcohol withdrawal / seizure disorder (CODES-2 §1, §2): a benzodiazepine order whose own
+    # reason they are gets no card; otherwise the benzodiazepine card names them.
+    alcohol_withdrawal: list[ConditionFact] = field(default_factory=list)
+    seizure_disorder: list[ConditionFact] = field(default_factory=list)
     drugs: list[DrugFact] = field(default_factory=list)  # classified MedicationRequests from the record
     draft_drugs: list[DrugFact] = field(default_factory=list)  # classified draft orders (order hooks)
     # Draft orders the hook checks whose medication cannot be read at all (order hooks).

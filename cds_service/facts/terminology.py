@@ -10,6 +10,10 @@ clinical reference material; every entry carries a ``source``):
 * ``psychotherapy.json``- trauma-focused therapy ids, verified codes and text patterns.
 * ``thresholds.json``   - current-order window and adequate-SSRI-trial thresholds.
 * ``opioids.json``      - opioid ingredients (named on the benzodiazepine card; hand-maintained).
+* ``opioid-products.json`` - opioid product codes of the CDC value sets -> ingredient (generated).
+* ``benzodiazepine-exemptions.json`` - rescue formulations, route codes, single-dose and
+  pre-procedure words (when a benzodiazepine order gets no card; hand-maintained service rules).
+* ``condition-text.json`` - PTSD named in a Condition's text, and the negations that cancel it.
 
 ``Terminology.load()`` reads them once per process (cached) and builds set/dict look-ups and
 compiled regular expressions, so every look-up during a hook call is O(1) or one regex search.
@@ -60,7 +64,9 @@ UNII = "http://fdasis.nlm.nih.gov"
 
 THERAPIES: tuple[TherapyKind, ...] = ("prolonged-exposure", "cognitive-processing-therapy", "emdr",
                                       "image-rehearsal-therapy")
-ConditionKind = str  # "ptsd" | "nightmares"
+ConditionKind = str  # "ptsd" | "nightmares" | "acute-stress" | "alcohol-withdrawal" | "seizure"
+# Condition kinds that exempt a benzodiazepine order whose own reason they are (issue #8 point 2).
+INDICATION_KINDS = frozenset({"alcohol-withdrawal", "seizure"})
 
 
 # --- small pure helpers ---------------------------------------------------------------------------
@@ -182,12 +188,39 @@ class _Base:
     therapy_patterns: tuple[tuple[TherapyKind, re.Pattern[str]], ...]
     therapy_exclusion: re.Pattern[str]
     thresholds: Thresholds
+    exemptions: "Exemptions | None" = None
+    condition_text: "ConditionText | None" = None
+
+
+@dataclass(frozen=True, eq=False)
+class Exemptions:
+    """benzodiazepine-exemptions.json, compiled."""
+
+    rescue_ingredients: frozenset[str]
+    rescue_products: frozenset[tuple[str, str]]
+    route_codes: dict[tuple[str, str], str]  # (system, code) -> "injection" | "rescue"
+    rescue_route_regex: re.Pattern[str]
+    rescue_dose_form_regex: re.Pattern[str]
+    single_dose_regex: re.Pattern[str]
+    pre_procedure_regex: re.Pattern[str]
+    injection_route_regex: re.Pattern[str]  # routes.json routeWords.injection
+    injection_form_regex: re.Pattern[str]  # routes.json doseFormWords.injection
+
+
+@dataclass(frozen=True, eq=False)
+class ConditionText:
+    """condition-text.json, compiled: a PTSD term, a negation before it, a negation after it."""
+
+    term: re.Pattern[str]
+    negated_before: re.Pattern[str]
+    negated_after: re.Pattern[str]
 
 
 def _build_conditions(data: dict[str, Any]) -> tuple[dict[tuple[str, str], frozenset[str]], frozenset]:
     kinds: dict[tuple[str, str], set[str]] = {}
     for kind, group in (("ptsd", "ptsd"), ("nightmares", "nightmares"), ("acute-stress", "acuteStress"),
-                        ("pregnancy", "pregnancy")):
+                        ("pregnancy", "pregnancy"), ("alcohol-withdrawal", "alcoholWithdrawal"),
+                        ("seizure", "seizure")):
         for row in data.get(group, []):
             key = (row["system"], normalise_code(row["system"], row["code"]))
             kinds.setdefault(key, set()).add(kind)
@@ -250,6 +283,44 @@ def _build_thresholds(data: dict[str, Any]) -> Thresholds:
     )
 
 
+def _alternation(words: Iterable[str]) -> str:
+    alts = sorted({w.strip() for w in words if w.strip()}, key=len, reverse=True)
+    return "|".join(re.escape(w).replace(r"\ ", r"\s+").replace(r"\-", r"[-\s]?") for w in alts)
+
+
+def _build_exemptions(data: dict[str, Any], routes: dict[str, Any]) -> Exemptions:
+    products = data["rescueProductCodes"]
+    route_codes = {(c["system"], c["code"]): kind for kind in ("injection", "rescue")
+                   for c in data["routeCodes"][kind]}
+    return Exemptions(
+        rescue_ingredients=frozenset(data["rescueIngredients"]),
+        rescue_products=frozenset((products["system"], c) for c in products["codes"]),
+        route_codes=route_codes,
+        rescue_route_regex=_word_regex(data["rescueRouteWords"]),
+        rescue_dose_form_regex=_word_regex(data["rescueDoseFormWords"]),
+        single_dose_regex=_word_regex(data["singleDoseWords"]),
+        pre_procedure_regex=_word_regex(data["preProcedureWords"]),
+        injection_route_regex=_word_regex(routes["routeWords"]["injection"]),
+        injection_form_regex=_word_regex(routes["doseFormWords"]["injection"]),
+    )
+
+
+# Between a negation and the PTSD term: at most three words, never across ';' or '.'.
+_GAP = r"(?:[^\w;.]+\w+){0,3}?[^\w;.]+"
+
+
+def _build_condition_text(data: dict[str, Any]) -> ConditionText:
+    term = _alternation(data["ptsdTerms"])
+    before = _alternation(data["negationBefore"])
+    after_words = [w for w in data["negationAfter"] if w.lower() != "negative"]
+    after = _alternation(after_words) + (r"|negative(?!\s+for\b)" if len(after_words) < len(data["negationAfter"]) else "")
+    return ConditionText(
+        term=re.compile(rf"(?<!\w)(?:{term})(?!\w)", re.IGNORECASE),
+        negated_before=re.compile(rf"(?<![\w/])(?:{before})(?![\w/]){_GAP}(?:{term})(?!\w)", re.IGNORECASE),
+        negated_after=re.compile(rf"(?<!\w)(?:{term})(?!\w){_GAP}(?:{after})(?![\w/])", re.IGNORECASE),
+    )
+
+
 @lru_cache(maxsize=1)
 def _base() -> _Base:
     conditions, not_ptsd = _build_conditions(_read("conditions.json"))
@@ -258,7 +329,9 @@ def _base() -> _Base:
     overlap = set(opioids) & set(meds["ingredients"])
     if overlap:
         raise ValueError(f"opioids.json: ingredients already in medications.json: {sorted(overlap)}")
-    meds = {**meds, "ingredients": {**meds["ingredients"], **opioids}}
+    products = _read("opioid-products.json")
+    meds = {**meds, "ingredients": {**meds["ingredients"], **opioids, **products["extraIngredients"]},
+            "codes": meds["codes"] + products["codes"]}
     name_regex, name_map = _build_names(meds)
     routes = _read("routes.json")
     therapy_codes, therapy_patterns, exclusion = _build_therapies(_read("psychotherapy.json"))
@@ -275,6 +348,8 @@ def _base() -> _Base:
         therapy_patterns=therapy_patterns,
         therapy_exclusion=exclusion,
         thresholds=_build_thresholds(_read("thresholds.json")),
+        exemptions=_build_exemptions(_read("benzodiazepine-exemptions.json"), routes),
+        condition_text=_build_condition_text(_read("condition-text.json")),
     )
 
 
@@ -307,6 +382,44 @@ class Terminology:
     def condition_kinds(self, system: str | None, code: str | None) -> frozenset[str]:
         """{"ptsd"}, {"nightmares"}, both, {"acute-stress"}, or empty for one coding."""
         return _condition_kinds(self.base, system, code)
+
+    def condition_kind_by_text(self, text: str | None) -> str | None:
+        """"ptsd" when a Condition text names PTSD and nothing negates it (condition-text.json)."""
+        return _condition_kind_by_text(self.base, text[:MAX_TEXT]) if text else None
+
+    # benzodiazepine exemptions ------------------------------------------------------------------
+    @property
+    def exemptions(self) -> Exemptions:
+        return self.base.exemptions  # type: ignore[return-value]
+
+    def route_kind(self, system: str | None, code: str | None) -> str | None:
+        """"injection" or "rescue" for a listed route code (CODES-2 §6b/§6c), else None."""
+        system = canonical_system(system)
+        return self.exemptions.route_codes.get((system, code.strip() if isinstance(code, str) else code))  # type: ignore[arg-type]
+
+    def is_rescue_product(self, system: str | None, code: str | None) -> bool:
+        system = canonical_system(system)
+        return (system, normalise_code(system, code)) in self.exemptions.rescue_products
+
+    def names_rescue_route(self, text: str | None) -> bool:
+        return bool(text) and _search(self.exemptions.rescue_route_regex, text[:MAX_TEXT])  # type: ignore[index]
+
+    def names_rescue_dose_form(self, text: str | None) -> bool:
+        return bool(text) and _search(self.exemptions.rescue_dose_form_regex, text[:MAX_TEXT])  # type: ignore[index]
+
+    def exemptions_injection_route(self, text: str | None) -> bool:
+        """A route text names injection (intravenous, IM, subcutaneous ...)."""
+        return bool(text) and _search(self.exemptions.injection_route_regex, text[:MAX_TEXT])  # type: ignore[index]
+
+    def exemptions_injection_form(self, text: str | None) -> bool:
+        """A drug name / form names an injection dose form."""
+        return bool(text) and _search(self.exemptions.injection_form_regex, text[:MAX_TEXT])  # type: ignore[index]
+
+    def says_single_dose(self, text: str | None) -> bool:
+        return bool(text) and _search(self.exemptions.single_dose_regex, text[:MAX_TEXT])  # type: ignore[index]
+
+    def says_pre_procedure(self, text: str | None) -> bool:
+        return bool(text) and _search(self.exemptions.pre_procedure_regex, text[:MAX_TEXT])  # type: ignore[index]
 
     def is_not_ptsd(self, system: str | None, code: str | None) -> bool:
         """True for the listed look-alikes (acute stress disorder ...)."""
@@ -357,6 +470,16 @@ MAX_TEXT = MAX_MATCH_TEXT
 def _condition_kinds(base: _Base, system: str | None, code: str | None) -> frozenset[str]:
     system = canonical_system(system)
     return base.conditions.get((system, normalise_code(system, code)), frozenset())  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=8192)
+def _condition_kind_by_text(base: _Base, text: str) -> str | None:
+    ct = base.condition_text
+    if ct is None or not ct.term.search(text):
+        return None
+    if ct.negated_before.search(text) or ct.negated_after.search(text):
+        return None
+    return "ptsd"
 
 
 @lru_cache(maxsize=8192)

@@ -19,6 +19,10 @@ What is read, per resource (nothing else is looked at):
 * Procedure: ``id``, ``status``, ``statusReason`` (why not done: declined psychotherapy), ``code``,
   ``performedDateTime``, ``performedPeriod.start``.
 * Patient: ``birthDate``, ``gender``, ``deceasedBoolean``, ``deceasedDateTime``.
+* A benzodiazepine MedicationRequest also gets ``MedicationRequestContextView`` (why and how it is
+  given: ``reasonCode``, ``reasonReference``, every ``dosageInstruction``'s ``sequence``, ``text``,
+  ``route``, as-needed and ``timing`` with ``repeat.count`` / ``countMax`` / bounds); only read for
+  benzodiazepines (the exemptions and the taper check of ``medications``).
 """
 
 from __future__ import annotations
@@ -166,6 +170,36 @@ class PatientView(_View):
     deceasedDateTime: DateTime | None = None
 
 
-VIEWS = (ConditionView, MedicationRequestView, MedicationView, ProcedureView, PatientView)
+# --- why and how a benzodiazepine is given (read only for benzodiazepine orders) ---------------
+class RepeatDetail(_View):
+    count: float | None = None
+    countMax: float | None = None
+    boundsPeriod: Period | None = None
+    boundsDuration: Duration | None = None
+
+
+class TimingDetail(_View):
+    repeat: RepeatDetail | None = None
+    code: Concept | None = None
+
+
+class DosageDetail(_View):
+    sequence: float | None = None
+    text: String | None = None
+    patientInstruction: String | None = None
+    timing: TimingDetail | None = None
+    asNeededBoolean: bool | None = None
+    asNeededCodeableConcept: Concept | None = None
+    route: Concept | None = None
+
+
+class MedicationRequestContextView(_View):
+    reasonCode: tuple[Concept, ...] = ()
+    reasonReference: tuple[Reference, ...] = ()
+    dosageInstruction: tuple[DosageDetail, ...] = ()
+
+
+VIEWS = (ConditionView, MedicationRequestView, MedicationView, ProcedureView, PatientView,
+         MedicationRequestContextView)
 __all__ = [name for name in dir() if not name.startswith("_") and name not in ("Annotated", "Meta",
                                                                                 "Struct", "msgspec")]

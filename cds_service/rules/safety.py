@@ -1,13 +1,20 @@
 """Safety cards: benzodiazepines in PTSD, MDMA (midomafetamine), doses outside the usual range.
 
-* ``benzodiazepine-avoid`` — only with active PTSD, only systemic non-procedural benzodiazepines
-  (``DrugFact.systemic_non_procedural``: an injection, rectal or nasal benzodiazepine is procedural
-  sedation or seizure rescue). Order hooks: one ``critical`` card naming every offending draft
-  order, with one delete suggestion per order (selection "any"). patient-view: one ``warning`` card naming every current benzodiazepine. A PTSD
-  Condition whose status could not be read counts in the safe direction: the same cards, as
-  ``warning`` (flag ``ptsd-status-unknown``; issue #11). Acute stress disorder or reaction (not
-  PTSD): the same card as a ``warning`` (flag ``acute-stress``): no drug should be offered to
-  prevent PTSD (issue #8 point 6).
+* ``benzodiazepine-avoid`` — only with active PTSD, only benzodiazepines the card is about
+  (``counts_for_card``: not injected, not a rescue formulation of diazepam / midazolam, not
+  single-dose or pre-procedure midazolam, not an order whose own reason is alcohol withdrawal or a
+  seizure disorder — ``DrugFact.exemption``, issue #8 point 2). Order hooks: one card naming every
+  offending draft order: ``critical`` with one delete suggestion per *new* order (selection
+  "any"); a **taper or renewal** (``is_taper``: same ingredient current at the same or a higher
+  daily dose, or its own instructions step down) gets no removal and is named as a taper to keep;
+  when every order is a taper the card is a ``warning`` supporting the taper (flags ``taper``,
+  ``taper-only``; issue #8 points 1 and 16). patient-view: one ``warning`` card naming every current
+  benzodiazepine. PTSD recorded as provisional / differential / unconfirmed (flag
+  ``ptsd-unconfirmed``) or whose status could not be read (``ptsd-status-unknown``) counts in the
+  safe direction, as ``warning``. Acute stress disorder or reaction (not PTSD): the same card as
+  a ``warning`` (flag ``acute-stress``): no drug should be offered to prevent PTSD (issue #8 point
+  6). Active alcohol withdrawal or seizure disorder elsewhere in the record does not exempt an
+  order: the card names it (flag ``indication-elsewhere``).
 * ``order-not-checked`` — order hooks, active PTSD (or PTSD of unknown status): one ``warning``
   card naming every checked draft order whose drug cannot be read at all (it could be a
   benzodiazepine); never silence.
@@ -45,9 +52,13 @@ def _order_values(drug: DrugFact) -> dict[str, str]:
 def _ptsd_for_safety(facts: ClinicalFacts) -> tuple[tuple, str, frozenset[str]] | None:
     """(PTSD conditions, order-hook indicator, flags) for the safety cards, or None without PTSD.
 
-    Active PTSD: critical. PTSD whose status is unknown: warning (treated as possibly active)."""
+    Active PTSD: critical. PTSD recorded as provisional, differential or unconfirmed: warning
+    (service rule, issue #8 point 7). PTSD whose status is unknown: warning (treated as possibly
+    active)."""
     if facts.ptsd:
         return tuple(facts.ptsd), "critical", frozenset()
+    if facts.ptsd_unconfirmed:
+        return tuple(facts.ptsd_unconfirmed), "warning", frozenset({"ptsd-unconfirmed"})
     if facts.ptsd_unknown_status:
         return tuple(facts.ptsd_unknown_status), "warning", frozenset({"ptsd-status-unknown"})
     return None
@@ -64,6 +75,38 @@ def _benzodiazepine_context(facts: ClinicalFacts) -> tuple[tuple, str, frozenset
     return None
 
 
+def counts_for_card(drug: DrugFact) -> bool:
+    """A benzodiazepine the card is about: systemic, not procedural and not exempt by its own
+    reason (issue #8 point 2; ``DrugFact.exemption``)."""
+    return drug.drug_class == "benzodiazepine" and drug.systemic_non_procedural and drug.exemption is None
+
+
+def continued_by(order: DrugFact, facts: ClinicalFacts) -> list[DrugFact]:
+    """The current record orders of the same benzodiazepine at the same or a higher daily dose
+    that a draft continues or steps down (both doses known), else []."""
+    if order.daily_dose_mg is None:
+        return []
+    return [d for d in facts.current("benzodiazepine") if counts_for_card(d) and d.ingredient == order.ingredient
+            and d.reference != order.reference  # the order itself, when the record returns it too
+            and d.daily_dose_mg is not None and d.daily_dose_mg >= order.daily_dose_mg]
+
+
+def is_taper(order: DrugFact, facts: ClinicalFacts) -> bool:
+    """A taper or renewal (issue #8 point 1): it continues or steps down a benzodiazepine the
+    patient already takes, or its own dosage instructions step down. Removing it with one click
+    would mean abrupt withdrawal."""
+    return order.steps_down or bool(continued_by(order, facts))
+
+
+def _indications(facts: ClinicalFacts) -> tuple:
+    """Active alcohol withdrawal / seizure disorder elsewhere in the record: named, no exemption."""
+    return tuple(facts.alcohol_withdrawal + facts.seizure_disorder)
+
+
+def _condition_names(conditions) -> str:
+    return "; ".join(dict.fromkeys(c.text or c.code.display or c.code.code or c.kind for c in conditions))
+
+
 def benzodiazepine_avoid(hook: str, facts: ClinicalFacts) -> list[Finding]:
     ptsd = _benzodiazepine_context(facts)
     if ptsd is None:
@@ -71,26 +114,42 @@ def benzodiazepine_avoid(hook: str, facts: ClinicalFacts) -> list[Finding]:
     conditions, order_indicator, flags = ptsd
     # The boxed warning's first item: concomitant use with opioids (issue #8 point 8).
     opioids = facts.current("opioid") + [d for d in orders_to_check(hook, facts) if d.drug_class == "opioid"]
-    opioid_values = {"opioids": names(opioids)} if opioids else {}
+    extra_values = {"opioids": names(opioids)} if opioids else {}
     if opioids:
         flags = flags | {"opioid"}
+    indications = _indications(facts)
+    if indications:
+        flags = flags | {"indication-elsewhere"}
+        extra_values["indications"] = _condition_names(indications)
+    if "ptsd-unconfirmed" in flags:
+        extra_values["ptsd_verification"] = ", ".join(dict.fromkeys(c.verification_status or "not confirmed"
+                                                                     for c in conditions))
     if hook == PATIENT_VIEW:
-        current = [d for d in facts.current("benzodiazepine") if d.systemic_non_procedural]
+        current = [d for d in facts.current("benzodiazepine") if counts_for_card(d)]
         if not current:
             return []
-        return [Finding(BENZODIAZEPINE, hook, "warning", conditions=conditions, drugs=tuple(current + opioids),
-                        values={"drugs": names(current), **opioid_values}, flags=flags)]
-    offending = [order for order in orders_to_check(hook, facts)
-                 if order.drug_class == "benzodiazepine" and order.systemic_non_procedural]
+        return [Finding(BENZODIAZEPINE, hook, "warning", conditions=conditions + indications,
+                        drugs=tuple(current + opioids), values={"drugs": names(current), **extra_values},
+                        flags=flags)]
+    offending = [order for order in orders_to_check(hook, facts) if counts_for_card(order)]
     if not offending:
         return []
-    # One card for the concern, however many benzodiazepine orders: each named, each removable on
-    # its own (issue #8 point 16).
-    values = {"drug": names(offending),
-              "orders": "; ".join(f"{o.ingredient}, {daily_dose(o)}" for o in offending), **opioid_values}
-    return [Finding(BENZODIAZEPINE, hook, order_indicator, conditions=conditions, drugs=tuple(offending + opioids),
-                    values=values, target_order=offending[0].reference, flags=flags,
-                    orders=tuple((o.reference, _order_values(o)) for o in offending if o.reference))]
+    tapers = [o for o in offending if is_taper(o, facts)]
+    new = [o for o in offending if o not in tapers]
+    continued = list(dict.fromkeys(d for o in tapers for d in continued_by(o, facts)))
+    values = {"drug": names(offending), **extra_values}
+    if new:
+        values["orders"] = "; ".join(f"{o.ingredient}, {daily_dose(o)}" for o in new)
+    if tapers:
+        flags = flags | {"taper"} | (frozenset() if new else {"taper-only"})
+        values["taper_orders"] = "; ".join(f"{o.ingredient}, {daily_dose(o)}" for o in tapers)
+    # A taper alone: a warning that supports it, no removal. Taper and new orders: one card (the
+    # new ones' indicator), removals only for the new ones (issue #8 points 1 and 16).
+    indicator = "warning" if not new else order_indicator
+    return [Finding(BENZODIAZEPINE, hook, indicator, conditions=conditions + indications,
+                    drugs=tuple(offending + continued + opioids), values=values,
+                    target_order=(new or offending)[0].reference, flags=flags,
+                    orders=tuple((o.reference, _order_values(o)) for o in new if o.reference))]
 
 
 def order_not_checked(hook: str, facts: ClinicalFacts) -> list[Finding]:
