@@ -34,12 +34,9 @@ BASE = "https://cds.example.org"
 
 # card kind -> why it still fails on this branch (texts rewritten on another branch)
 PENDING: dict[str, str] = {
-    "benzodiazepine-avoid": "rewritten on branch benzo (detail over 700; GUIDELINE-FACTS, §, issue # in statements)",
-    "mdma-investigational": "rewritten on branch benzo (detail over 700; GUIDELINE-FACTS §0, issue #3)",
 }
 # card kind -> why one of its links is not yet an https page a person reads, from a listed domain
 PENDING_LINKS: dict[str, str] = {
-    "benzodiazepine-avoid": "branch benzo: the FDA boxed warning is linked as an openFDA JSON API call",
 }
 
 

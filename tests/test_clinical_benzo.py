@@ -114,7 +114,7 @@ def test_the_taper_cards_say_what_to_do(engine, settings):
     assert paragraphs[0].startswith("**Remove the new benzodiazepine order (diazepam, 15 mg/day)")
     assert paragraphs[1].startswith("**Keep lorazepam, 2 mg/day**")
     why = mixed["detail"].split("### Why this card")[1]
-    assert "MedicationRequest/ptsd-benzo-therapy-m1" in why  # the order the renewal continues
+    assert "**Current medication:** lorazepam 1 MG Oral Tablet" in why and "ordered 2026-08-01" in why  # the order the renewal continues
 
 
 def test_the_card_names_epilepsy_elsewhere_and_a_product_coded_opioid(engine, settings):
@@ -424,4 +424,4 @@ def test_catalogue_only_paragraphs_are_on_the_page_not_in_the_card(engine, setti
     card = _card(run(engine, settings, "ptsd-new.sign-lorazepam-and-diazepam")[2])
     assert "risk ratio 1.53" not in card["detail"]
     page = make_app().test_client().get("/cards/benzodiazepine-avoid").get_data(as_text=True)
-    assert "risk ratio 1.53" in page and "catalogue page only" in page
+    assert "risk ratio 1.53" in page and "this page only" in page
