@@ -96,14 +96,19 @@ def load_outgoing_map(path: str | None) -> dict[tuple[str, str], tuple[dict[str,
     """The outgoing map of a site code map file (None: empty). Raises ValueError."""
     if not path:
         return {}
+    return parse_outgoing_map(read_site_code_map(path), f"site code map {path}")
+
+
+def read_site_code_map(path: str) -> Any:
+    """The JSON of a site code map file (both its sections are read from it). Raises ValueError
+    naming the file and what is wrong, never a traceback."""
     try:
         with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+            return json.load(fh)
     except OSError as err:
         raise ValueError(f"site code map {path}: cannot read file ({err.strerror or err})") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"site code map {path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    return parse_outgoing_map(data, f"site code map {path}")
 
 
 def map_outgoing(cards: Iterable[dict[str, Any]], mapping: OutgoingMap) -> None:

@@ -49,7 +49,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from cds_service.codesystems import PSYCHOTHERAPY
+from cds_service.codesystems import PSYCHOTHERAPY, read_site_code_map
 from cds_service.facts.fhir_read import MAX_MATCH_TEXT
 from cds_service.facts.model import DrugClass, MatchedBy, TherapyKind
 
@@ -532,14 +532,7 @@ _SITE_ENTRY_KEYS = {"system", "code", "therapy", "display", "note"}
 
 def load_site_code_map_file(path: str) -> dict[tuple[str, str], TherapyKind]:
     """Read and validate a site code map file (see module docstring). Raises ValueError."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as err:
-        raise ValueError(f"site code map {path}: cannot read file ({err.strerror or err})") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"site code map {path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    return parse_site_code_map(data, f"site code map {path}")
+    return parse_site_code_map(read_site_code_map(path), f"site code map {path}")
 
 
 def parse_site_code_map(data: Any, where: str = "site code map") -> dict[tuple[str, str], TherapyKind]:
