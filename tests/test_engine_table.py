@@ -127,7 +127,7 @@ def clinical_tables() -> dict[str, list[tuple[str, str]]]:
 
     tables: dict[str, list[tuple[str, str]]] = {}
     for path in sorted((REPO_ROOT / "tests").glob("test_clinical_*.py")):
-        tables.update(importlib.import_module(f"tests.{path.stem}").TABLE)
+        tables.update(getattr(importlib.import_module(f"tests.{path.stem}"), "TABLE", {}))  # vignettes: none
     return tables
 
 
