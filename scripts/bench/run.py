@@ -79,6 +79,14 @@ class Row:
         s, b = self.service.get("rps"), self.baseline.get("rps")
         return round(s / b, 3) if s and b else None
 
+    @property
+    def cpu_ratio(self) -> float | None:
+        """Baseline worker CPU per request ÷ the service's: the throughput ratio both would reach
+        when CPU-bound, independent of how wrk's 4 connections happen to land on the 2 workers
+        (measured: the same baseline row ran at 244 or 742 req/s in two runs minutes apart)."""
+        s, b = self.service.get("cpu_ms"), self.baseline.get("cpu_ms")
+        return round(b / s, 3) if s and b else None
+
 
 @dataclass
 class Plan:
@@ -392,12 +400,13 @@ class Bench:
                 f"p99 {_f(s.get('p99_ms'))} ms non-2xx {s.get('non2xx')}+{s.get('errors')} n={s.get('requests')} "
                 f"cpu {s.get('cpu_ms')} ms/req | "
                 f"baseline {b.get('rps', 0):8.1f} req/s p50 {_f(b.get('p50_ms'))} p99 {_f(b.get('p99_ms'))} | "
-                f"ratio {row.ratio}")
+                f"ratio {row.ratio} (CPU {row.cpu_ratio})")
 
     @staticmethod
     def row_dict(row: Row) -> dict[str, Any]:
         return {"key": row.key, "label": row.label, "resources": row.resources, "shape": row.shape,
-                "body_bytes": len(row.body), "service": row.service, "baseline": row.baseline, "ratio": row.ratio}
+                "body_bytes": len(row.body), "service": row.service, "baseline": row.baseline, "ratio": row.ratio,
+                "cpu_ratio": row.cpu_ratio}
 
 
 def _f(v: float | None) -> str:
@@ -421,6 +430,9 @@ def evaluate_targets(rows: dict[str, dict], extra: dict[str, Any]) -> list[tuple
             r = rows.get(f"{shape}-{n}", {}).get("ratio")
             out.append((f"throughput {shape} {n:,} >= {floor:.0%} of baseline",
                         f"{r:.1%}" if r is not None else "not run", _verdict(r, lambda v: v >= floor)))
+            c = rows.get(f"{shape}-{n}", {}).get("cpu_ratio")
+            out.append((f"  the same by worker CPU per request (baseline CPU / service CPU) >= {floor:.0%}",
+                        f"{c:.1%}" if c is not None else "not run", _verdict(c, lambda v: v >= floor)))
     for shape in ("typical", "history"):
         s, b = get(f"{shape}-200", "service", "p99_ms"), get(f"{shape}-200", "baseline", "p99_ms")
         ok = None if s is None or b is None else s <= 3 * b
@@ -469,22 +481,23 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [f"Run {doc['started']} - {doc['finished']} UTC on {doc['machine']}; commit {doc['commit']}; "
              f"load average {doc['load_before']} before, {doc['load_after']} after; mode {doc['mode']}.", "",
              "| row | body | req/s | p50 ms | p95 ms | p99 ms | non-2xx | n | CPU ms/req | baseline req/s | "
-             "baseline p50 | baseline p99 | baseline CPU ms/req | ratio | response |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "baseline p50 | baseline p99 | baseline CPU ms/req | ratio | CPU ratio | response |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     all_rows = list(doc["rows"]) + list((doc["extra"].get("postgresql") or {}).get("rows", []))
     for r in all_rows:
         s, b = r["service"], r["baseline"]
         if "error" in s:
-            lines.append(f"| {r['label']} | {_kib(r['body_bytes'])} | ERROR: {s['error'][:80]} |" + " |" * 12)
+            lines.append(f"| {r['label']} | {_kib(r['body_bytes'])} | ERROR: {s['error'][:80]} |" + " |" * 13)
             continue
         lines.append("| " + " | ".join([
             r["label"], _kib(r["body_bytes"]), _n(s.get("rps"), 1), _n(s.get("p50_ms")), _n(s.get("p95_ms")),
             _n(s.get("p99_ms")), str((s.get("non2xx") or 0) + (s.get("errors") or 0)), str(s.get("requests")),
             _n(s.get("cpu_ms")), _n(b.get("rps"), 1), _n(b.get("p50_ms")), _n(b.get("p99_ms")), _n(b.get("cpu_ms")),
-            f"{r['ratio']:.2f}" if r["ratio"] is not None else "-", _kib(s.get("response_bytes"))]) + " |")
+            f"{r['ratio']:.2f}" if r["ratio"] is not None else "-",
+            f"{r['cpu_ratio']:.2f}" if r.get("cpu_ratio") is not None else "-", _kib(s.get("response_bytes"))]) + " |")
     pg = doc["extra"].get("postgresql")
     if pg and pg.get("status") != "measured":
-        lines.append(f"| PostgreSQL store, auth on | - | {pg.get('status')} |" + " |" * 12)
+        lines.append(f"| PostgreSQL store, auth on | - | {pg.get('status')} |" + " |" * 13)
     lines.append("")
     rss = doc["extra"].get("rss")
     if rss:
