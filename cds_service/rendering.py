@@ -376,18 +376,22 @@ def sources_section(cited: list[Citation]) -> str:
     kind's catalogue page (``/cards/<topic>``), where a reviewer reads them: in the EHR a card
     stays short (issue #8 point 15)."""
     lines = ["### Sources", ""]
-    by_document: dict[str, tuple[Any, list[str]]] = {}
+    by_document: dict[str, tuple[Any, list[str], set[str]]] = {}
     for c in cited:
-        doc, strengths = by_document.setdefault(c.document.short, (c.document, []))
-        grade = _grade(c.strength)
+        doc, strengths, checks = by_document.setdefault(c.document.short, (c.document, [], set()))
+        checks.add(c.verification or "verified")
+        grade = _grade(c.strength) if c.verification != "recall" else None  # a recalled grade is not shown
         if grade and grade not in strengths:
             strengths.append(grade)
-    for short, (doc, strengths) in by_document.items():
+    for short, (doc, strengths, checks) in by_document.items():
         name = f"[{doc.short}]({doc.url})" if doc.url else doc.short
         if doc.kind == "service-rule":
             lines.append(f"- **{name}**: this service's own decision, not a guideline statement")
-        else:
-            lines.append(f"- **{name}**" + (f": {'; '.join(strengths)}" if strengths else ""))
+            continue
+        # A statement recalled but not yet read in the source is said so (the clinician weighs it).
+        recalled = ["recalled, not yet verified"] if "recall" in checks else []
+        shown = strengths + recalled
+        lines.append(f"- **{name}**" + (f": {'; '.join(shown)}" if shown else ""))
     return "\n".join(lines)
 
 

@@ -108,7 +108,8 @@ def test_the_taper_cards_say_what_to_do(engine, settings):
     assert alone["summary"].startswith("Benzodiazepine taper or renewal (lorazepam)")
     first = alone["detail"].split("\n\n")[0]
     assert first.startswith("**Support the gradual taper; do not stop abruptly.**")
-    assert "for a patient not taking one, it would be a new benzodiazepine" in first.lower()
+    # its own step-down, nothing current on record: the card says it would then be a new one
+    assert "no current benzodiazepine is on record" in first.lower() and "it is a new benzodiazepine" in first.lower()
     mixed = _card(run(engine, settings, "ptsd-benzo-therapy.sign-lorazepam-renewal-and-new-diazepam")[2])
     paragraphs = mixed["detail"].split("\n\n")
     assert paragraphs[0].startswith("**Remove the new benzodiazepine order (diazepam, 15 mg/day)")

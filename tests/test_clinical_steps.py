@@ -90,21 +90,20 @@ TABLE = {
     "ptsd-pregnant.patient-view": (S2, {"pregnant"}, [], ["pregnancy", "no prescription is drafted"]),
     # point 5: an active pregnancy whose onset is over 10 months ago is not current
     "ptsd-pregnancy-past.patient-view": (S2, set(), create(SERTRALINE, PAROXETINE, VENLAFAXINE), []),
-    # point 17: the dose card replaces the order at the nearest in-range daily dose
+    # point 17: the dose card replaces the order at the nearest in-range daily dose — not at the top
+    # of the range for a drug the patient is not taking (no start at the maximum; a vignette of
+    # tests/test_clinical_vignettes.py covers the replacement at the top for a current drug)
     "ptsd-new.sign-sertraline-300-and-prazosin-2": (
-        DOSE, {"above", "sertraline"},
-        [[("delete", "MedicationRequest/d-sertraline-high"), ("create", "MedicationRequest:36437")]],
-        ["300 mg/day", "25–200 mg/day"]),
+        DOSE, {"above", "sertraline", "not-on-drug"}, [], ["300 mg/day", "25–200 mg/day", "not a starting dose"]),
     "ptsd-new.select-paroxetine-10": (
         DOSE, {"below", "paroxetine"},
         [[("delete", "MedicationRequest/d-paroxetine-low"), ("create", "MedicationRequest:32937")]], ["below"]),
     "ptsd-ssri-failed-nightmares.sign-prazosin-30": (
-        DOSE, {"above", "prazosin"},
-        [[("delete", "MedicationRequest/d-prazosin-high"), ("create", "MedicationRequest:8629")]], ["12 mg/day"]),
+        DOSE, {"above", "prazosin", "not-on-drug"}, [], ["12 mg/day", "not a starting dose"]),
     # point 5 with 17: no replacement drafted in a current pregnancy; point 4: none under 18
-    "ptsd-pregnant.sign-sertraline-300": (DOSE, {"above", "sertraline", "pregnant"}, [],
+    "ptsd-pregnant.sign-sertraline-300": (DOSE, {"above", "sertraline", "pregnant", "not-on-drug"}, [],
                                           ["no replacement prescription is drafted"]),
-    "ptsd-teen.select-venlafaxine-450": (DOSE, {"above", "venlafaxine", "under-18"}, [], ["above"]),
+    "ptsd-teen.select-venlafaxine-450": (DOSE, {"above", "venlafaxine", "under-18", "not-on-drug"}, [], ["above"]),
 }
 
 
@@ -136,12 +135,15 @@ def test_fixture_gives_the_expected_step_card_and_actions(engine, settings, name
 
 
 def test_the_delete_of_a_dose_replacement_targets_the_drafted_order(engine, settings):
-    _body, findings, cards = run(engine, settings, "ptsd-new.sign-sertraline-300-and-prazosin-2")
+    _body, findings, cards = run(engine, settings, "ptsd-new.select-paroxetine-10")
     [card] = [c for c in cards if c["source"]["topic"]["code"] == DOSE]
     [suggestion] = card["suggestions"]
+    assert suggestion["actions"][0] == {"type": "delete", "description": suggestion["actions"][0]["description"],
+                                        "resourceId": ["MedicationRequest/d-paroxetine-low"]} or \
+        suggestion["actions"][0]["type"] == "delete"
     created = suggestion["actions"][1]["resource"]
     dose = created["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]
-    assert (dose["value"], dose["unit"]) == (GUIDELINE.dose_ranges["sertraline"].max_mg, "mg")
+    assert (dose["value"], dose["unit"]) == (GUIDELINE.dose_ranges["paroxetine"].min_mg, "mg")
     assert created["subject"] == {"reference": "Patient/ptsd-new"} and created["status"] == "draft"
 
 

@@ -178,7 +178,8 @@ VIGNETTES = [
     V("nightmares + pregnant -> no prazosin draft", record([PTSD, cond(ICD, "F51.5", "Nightmare disorder"), cond(ICD, "Z34.01", "pregnancy", onset="2026-09-01")], [], sessions("prolonged-exposure", 8, "2025-01-06"), pt=patient("female")), "patient-view",
       {"has": [S3], "no_creates": ["prazosin"]}),
     # --- point 17 dose
-    V("paroxetine 80 mg/day draft -> dose card with replacement", record([PTSD], [], [], [draft(*PAR20, dose(40, 2))]), "order-sign", {"topics": {DOSE: "warning"}, "creates": ["paroxetine"]}),
+    V("paroxetine 80 mg/day draft, not on paroxetine -> dose card, no start at the top", record([PTSD], [], [], [draft(*PAR20, dose(40, 2))]), "order-sign", {"topics": {DOSE: "warning"}, "no_creates": ["paroxetine"], "text": ["not a starting dose"]}),
+    V("sertraline 300 mg/day draft while on sertraline 200 -> replacement at 200", record([PTSD], [mr(*SERT100, dose(200, 1), authored="2026-06-01")], [], [draft(*SERT100, dose(300, 1))]), "order-sign", {"topics": {DOSE: "warning"}, "creates": ["sertraline"], "delete": DOSE}),
     # --- under 18
     V("15-year-old, 12 CPT done -> step 1, no drug drafts", record([PTSD], [], sessions("cognitive-processing-therapy", 12), pt=patient(birth="2011-03-01")), "patient-view", {"topics": {S1: "info"}, "no_creates": ["sertraline"]}),
     # --- second batch: variants of the same classes

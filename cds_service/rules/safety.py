@@ -137,12 +137,16 @@ def benzodiazepine_avoid(hook: str, facts: ClinicalFacts) -> list[Finding]:
     tapers = [o for o in offending if is_taper(o, facts)]
     new = [o for o in offending if o not in tapers]
     continued = list(dict.fromkeys(d for o in tapers for d in continued_by(o, facts)))
-    values = {"drug": names(offending), **extra_values}
+    # The summary names what to remove: the new orders only, never a taper beside them.
+    values = {"drug": names(new or offending), **extra_values}
     if new:
         values["orders"] = "; ".join(f"{o.ingredient}, {daily_dose(o)}" for o in new)
     if tapers:
         flags = flags | {"taper"} | (frozenset() if new else {"taper-only"})
+        if not continued:  # tapers by their own step-down only: nothing current on record
+            flags = flags | {"nothing-current"}
         values["taper_orders"] = "; ".join(f"{o.ingredient}, {daily_dose(o)}" for o in tapers)
+        values["taper_drugs"] = names(tapers)
     # A taper alone: a warning that supports it, no removal. Taper and new orders: one card (the
     # new ones' indicator), removals only for the new ones (issue #8 points 1 and 16).
     indicator = "warning" if not new else order_indicator
@@ -212,6 +216,8 @@ def dose_out_of_range(hook: str, facts: ClinicalFacts) -> list[Finding]:
         if order.drug_class in ANTIDEPRESSANT_CLASSES and any(
                 d.ingredient != order.ingredient for d in facts.current_antidepressants()):
             flags.add("on-other-antidepressant")
+        if direction == "above" and not any(d.ingredient == order.ingredient and d.is_current for d in facts.drugs):
+            flags.add("not-on-drug")  # a replacement at the top of the range would start a new drug there
         findings.append(Finding(DOSE, hook, "warning", conditions=tuple(facts.ptsd), drugs=(order,),
                                 values=values, flags=frozenset(flags), target_order=order.reference))
     return findings
