@@ -179,6 +179,7 @@ VIGNETTES = [
       {"has": [S3], "no_creates": ["prazosin"]}),
     # --- point 17 dose
     V("paroxetine 80 mg/day draft, not on paroxetine -> dose card, no start at the top", record([PTSD], [], [], [draft(*PAR20, dose(40, 2))]), "order-sign", {"topics": {DOSE: "warning"}, "no_creates": ["paroxetine"], "text": ["not a starting dose"]}),
+    V("sertraline still 'active' after its validity ended -> no antidepressant drafted", record([PTSD], [mr(*SERT100, dose(100, 1), authored="2026-08-01", end="2026-11-10")], sessions("emdr", 6, "2024-01-01")), "patient-view", {"no_creates": ["sertraline", "paroxetine", "venlafaxine"], "text": ["sertraline"]}),
     V("sertraline 300 mg/day draft while on sertraline 200 -> replacement at 200", record([PTSD], [mr(*SERT100, dose(200, 1), authored="2026-06-01")], [], [draft(*SERT100, dose(300, 1))]), "order-sign", {"topics": {DOSE: "warning"}, "creates": ["sertraline"], "delete": DOSE}),
     # --- under 18
     V("15-year-old, 12 CPT done -> step 1, no drug drafts", record([PTSD], [], sessions("cognitive-processing-therapy", 12), pt=patient(birth="2011-03-01")), "patient-view", {"topics": {S1: "info"}, "no_creates": ["sertraline"]}),

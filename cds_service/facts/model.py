@@ -319,6 +319,13 @@ class ClinicalFacts:
         """Every current antidepressant in the record (any class, CODES-2 §5)."""
         return [d for d in self.drugs if d.drug_class in ANTIDEPRESSANT_CLASSES and d.is_current]
 
+    def antidepressants_on_record(self) -> list[DrugFact]:
+        """Current antidepressants and those still recorded as active or on hold after their
+        validity ended (a renewal pending: the prescriber sees them on the medication list). What
+        blocks an antidepressant draft (service rule, issue #8 point 3): the safe reading."""
+        return [d for d in self.drugs if d.drug_class in ANTIDEPRESSANT_CLASSES
+                and (d.is_current or d.status in ("active", "on-hold"))]
+
     def ever_taken(self, ingredient: str) -> list[DrugFact]:
         """Record MedicationRequests (not draft orders) of one ingredient, any status."""
         return [d for d in self.drugs if d.ingredient == ingredient]

@@ -101,7 +101,7 @@ APPLIES: dict[str, Callable[[ClinicalFacts], bool]] = {
 def _current_antidepressants(facts: ClinicalFacts):
     """Current antidepressants (any class), the ``current_drugs`` value naming them and the flags
     that block drug drafts (``on-antidepressant``, ``pregnant``)."""
-    current = facts.current_antidepressants()
+    current = facts.antidepressants_on_record()
     flags = set(drug_draft_blocks(facts))
     values: dict[str, str] = {}
     if current:

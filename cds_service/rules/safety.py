@@ -214,7 +214,7 @@ def dose_out_of_range(hook: str, facts: ClinicalFacts) -> list[Finding]:
         if facts.sex == "male" and limits.max_mg_male is not None:
             flags.add("male")
         if order.drug_class in ANTIDEPRESSANT_CLASSES and any(
-                d.ingredient != order.ingredient for d in facts.current_antidepressants()):
+                d.ingredient != order.ingredient for d in facts.antidepressants_on_record()):
             flags.add("on-other-antidepressant")
         if direction == "above" and not any(d.ingredient == order.ingredient and d.is_current for d in facts.drugs):
             flags.add("not-on-drug")  # a replacement at the top of the range would start a new drug there
