@@ -607,15 +607,15 @@ def why_unreadable(order: Resource, medications: dict[str, Resource]) -> str | N
     try:
         info = resolve_medication(order, medications, SkipCounter())
     except Malformed:
-        return ("its medicationCodeableConcept is malformed" if has_concept
-                else "its medicationReference is malformed")
+        return ("its drug is recorded in a form that cannot be read" if has_concept
+                else "its link to the drug record cannot be read")
     if info.codes or info.names:
         return None
     if has_concept:
-        return "its medicationCodeableConcept has no readable code or text"
+        return "its drug has no readable code or name"
     if order.get("medicationReference") is not None:
-        return "its Medication reference cannot be resolved and has no display text"
-    return "it names no medication"
+        return "its drug record cannot be found and no drug name is given"
+    return "it names no drug"
 
 
 def _is_checked(order: Resource, hook: str, selected: set[str]) -> bool:

@@ -203,7 +203,7 @@ class UncheckedOrder(msgspec.Struct, frozen=True):
     """A draft order being placed whose drug cannot be read at all (so it could be a benzodiazepine)."""
 
     reference: str | None  # "MedicationRequest/<id>"
-    why: str  # what could not be read, e.g. "its medicationCodeableConcept is malformed" (no patient data)
+    why: str  # what could not be read, e.g. "its drug has no readable code or name" (no patient data)
 
 
 @dataclass
