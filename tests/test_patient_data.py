@@ -253,7 +253,7 @@ def test_a_draft_whose_drug_cannot_be_identified_gets_a_card_not_silence(client,
         result = assert_conformant(call(client, body, "ptsd-order-sign"))
     [card] = result["cards"]
     assert (card["source"]["topic"]["code"], card["indicator"]) == ("order-not-checked", "warning")
-    assert "**Draft order not checked:**" in card["detail"] and "cannot be resolved" in card["detail"]
+    assert "**Draft order not checked:**" in card["detail"] and "its drug record cannot be found" in card["detail"]
 
 
 def test_an_absolute_medication_reference_under_fhir_server_is_fetched(client):
