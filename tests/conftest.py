@@ -3,6 +3,8 @@ from __future__ import annotations
 import pytest
 
 from cds_service import create_app
+from cds_service.config import Settings
+from cds_service.engine import Engine
 from cds_service.schemas.response import validate_response
 
 
@@ -18,6 +20,18 @@ def _clean_environment(monkeypatch):
     for key in list(os.environ):
         if key.startswith("PTSD_CDS_"):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    """Development settings with authentication off (the engine tests' default)."""
+    return Settings(auth="off", env="development")
+
+
+@pytest.fixture(scope="module")
+def engine(settings) -> Engine:
+    """One clinical engine per test module (cards and terminology loaded once)."""
+    return Engine(settings)
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ import pytest
 from cds_service.card_content import (
     DETAIL_LIMIT, INTERNAL_TEXT, CardContentError, advice_and_evidence, brevity_problems, visible_text,
 )
-from cds_service.config import REPO_ROOT, Settings
-from cds_service.engine import Engine
+from cds_service.config import REPO_ROOT
 from cds_service.rendering import BUILTIN, CardLibrary, expected_indicator
 from cds_service.rules import TOPICS, Finding
 from tests.test_engine_table import TABLE, load, record_of
@@ -38,16 +37,6 @@ PENDING: dict[str, str] = {
 # card kind -> why one of its links is not yet an https page a person reads, from a listed domain
 PENDING_LINKS: dict[str, str] = {
 }
-
-
-@pytest.fixture(scope="module")
-def settings() -> Settings:
-    return Settings(auth="off", env="development")
-
-
-@pytest.fixture(scope="module")
-def engine(settings) -> Engine:
-    return Engine(settings)
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from cds_service.facts.builders import ICD10CM, RXNORM, SNOMED
 from cds_service.facts.terminology import Terminology, _condition_kind_by_text
 from cds_service.rules import evaluate_rules
 from cds_service.schemas.response import validate_response
-from tests.test_engine_table import (  # noqa: F401  (fixtures engine, settings)
-    BENZO, MDMA, NOT_CHECKED, S1, SERVICE_IDS, TODAY, engine, load, record_of, run, settings,
+from tests.test_engine_table import (  # the fixtures engine and settings are in conftest.py
+    BENZO, MDMA, NOT_CHECKED, S1, SERVICE_IDS, TODAY, load, record_of, run,
 )
 from tests.test_engine_table import test_request_fixture_matches_its_patient_and_the_hook_shapes as _shape
 

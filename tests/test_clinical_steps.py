@@ -107,20 +107,6 @@ TABLE = {
 }
 
 
-@pytest.fixture(scope="module")
-def settings():
-    from cds_service.config import Settings
-
-    return Settings(auth="off", env="development")
-
-
-@pytest.fixture(scope="module")
-def engine(settings):
-    from cds_service.engine import Engine
-
-    return Engine(settings)
-
-
 @pytest.mark.parametrize("name", sorted(TABLE))
 def test_fixture_gives_the_expected_step_card_and_actions(engine, settings, name):
     topic, flags, expected_actions, words = TABLE[name]

@@ -54,16 +54,6 @@ TABLE = {
 }
 
 
-@pytest.fixture(scope="module")
-def settings() -> Settings:
-    return Settings(auth="off", env="development")
-
-
-@pytest.fixture(scope="module")
-def engine(settings) -> Engine:
-    return Engine(settings)
-
-
 def _suggested(card: dict) -> list[tuple[str, str]]:
     out = []
     for s in card.get("suggestions", []):

@@ -9,8 +9,6 @@ from datetime import date
 
 import pytest
 
-from cds_service.config import Settings
-from cds_service.engine import Engine
 from cds_service.patient_data.record import PatientRecord
 
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"; SCT = "http://snomed.info/sct"; ICD = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -258,11 +256,6 @@ def check(name, cards, exp):
     for w in exp.get("text", []):
         if w.lower() not in text: probs.append(f"text lacks {w!r}")
     return ind, acts, probs
-
-@pytest.fixture(scope="module")
-def engine():
-    return Engine(Settings(auth="off", env="development"))
-
 
 @pytest.mark.parametrize("name, rec, hook, expect", VIGNETTES, ids=[v[0] for v in VIGNETTES])
 def test_vignette(engine, name, rec, hook, expect):

@@ -97,16 +97,6 @@ TABLE: dict[str, list[tuple[str, str]]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def settings() -> Settings:
-    return Settings(auth="off", env="development")
-
-
-@pytest.fixture(scope="module")
-def engine(settings) -> Engine:
-    return Engine(settings)
-
-
 def load(name: str) -> dict:
     return json.loads((REQUESTS / f"{name}.json").read_text())
 
