@@ -315,10 +315,6 @@ class ClinicalFacts:
         """Distinct first-line agents whose trial failed (adequate without remission, or not tolerated)."""
         return list(dict.fromkeys(t.drug.ingredient for t in self.ssri_trials if t.failed))
 
-    def current_antidepressants(self) -> list[DrugFact]:
-        """Every current antidepressant in the record (any class, CODES-2 §5)."""
-        return [d for d in self.drugs if d.drug_class in ANTIDEPRESSANT_CLASSES and d.is_current]
-
     def antidepressants_on_record(self) -> list[DrugFact]:
         """Current antidepressants and those still recorded as active or on hold after their
         validity ended (a renewal pending: the prescriber sees them on the medication list). What

@@ -113,7 +113,7 @@ def _current_antidepressants(facts: ClinicalFacts):
 def _others_tried(facts: ClinicalFacts) -> dict[str, str]:
     """Antidepressants taken before that are not first-line trials (fluoxetine, citalopram, ...);
     current ones are named as current instead."""
-    current = {d.ingredient for d in facts.current_antidepressants()}
+    current = {d.ingredient for d in facts.antidepressants_on_record()}
     others = [d for d in facts.drugs if d.was_taken and d.drug_class in ANTIDEPRESSANT_CLASSES
               and d.ingredient not in FIRST_LINE_AGENTS and d.ingredient not in current]
     return {"other_antidepressants": names(others)} if others else {}
