@@ -16,7 +16,7 @@ import gunicorn.http.wsgi
 
 from cds_service.config import ConfigError, process_settings
 # Server hooks: start-up checks once in the master, Prometheus multiprocess directory, start/stop events.
-from cds_service.gunicorn_hooks import child_exit, on_exit, on_starting, when_ready  # noqa: F401
+from cds_service.gunicorn_hooks import child_exit, on_exit, on_starting, post_worker_init, when_ready  # noqa: F401
 
 # No server banner with a version number (issue #4 hardening).
 gunicorn.http.wsgi.SERVER = "ptsd-cds"

@@ -87,3 +87,18 @@ def test_feedback_from_many_calls_across_workers_is_all_stored(server):
 
     cards = {f["item"]["card"] for f in Store(server["db"]).feedback(service_id="ptsd-order-sign")}
     assert {f"card-{i}" for i in range(30)} <= cards
+
+
+def test_each_worker_tunes_the_garbage_collector_once_the_app_is_loaded():
+    """gunicorn calls the conf's ``post_worker_init`` in every worker after loading the app: it freezes
+    what start-up allocated and raises gen0's threshold (docs/PERFORMANCE.md, issue #7)."""
+    # In a fresh interpreter: importing the conf prepares a metrics directory in the environment.
+    probe = ("import gc; before = gc.get_threshold(); import cds_service.gunicorn_conf as conf; "
+             "from cds_service import gunicorn_hooks; assert conf.post_worker_init is gunicorn_hooks.post_worker_init; "
+             "conf.post_worker_init(None); after = gc.get_threshold(); "
+             "print(before[0], after[0], gunicorn_hooks.GC_GEN0_THRESHOLD, after[1:] == before[1:], "
+             "gc.get_freeze_count() > 1000); gunicorn_hooks.on_exit(None)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out[0] == "700" and out[1] == out[2] and int(out[1]) > 700
+    assert out[3:] == ["True", "True"]  # older generations unchanged; start-up objects frozen
