@@ -363,9 +363,11 @@ def _strict_report(record) -> int:
     kinds, never values); return how many resources it would reject. The service itself reads
     leniently (element by element), so the cards above stand either way."""
     from cds_service.facts import strict_problems
+    from cds_service.patient_data.record import as_json
 
     resources = ([record.patient] if record.patient else []) + record.conditions + \
         record.medication_requests + record.procedures + list(record.medications.values()) + record.draft_orders
+    resources = [as_json(r) for r in resources]
     rejected = 0
     for resource in resources:
         problems = strict_problems(resource)

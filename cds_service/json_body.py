@@ -110,8 +110,8 @@ def _not_utf8(raw: bytes) -> bool:
     return raw.startswith(_OTHER_ENCODINGS) or b"\x00" in raw[:4]
 
 
-def parse_json_body(raw: bytes, *, max_depth: int) -> Any:
-    """The body as JSON (content type already checked by ``check_content_type``), or a 400."""
+def _check_text(raw: bytes, max_depth: int) -> None:
+    """400 unless the body is non-empty UTF-8 JSON text no deeper than ``max_depth`` (no parse yet)."""
     if not raw.strip():
         raise ApiError(400, "The request body is empty; a JSON object was expected", code="structure")
     if _not_utf8(raw):
@@ -121,6 +121,15 @@ def parse_json_body(raw: bytes, *, max_depth: int) -> Any:
     if raw.count(b"{") + raw.count(b"[") > max_depth and nesting_exceeds(raw, max_depth):
         raise ApiError(400, f"JSON nesting deeper than {max_depth} levels is not accepted",
                        code="too-costly")
+
+
+def parse_json_body(raw: bytes, *, max_depth: int) -> Any:
+    """The body as JSON (content type already checked by ``check_content_type``), or a 400."""
+    _check_text(raw, max_depth)
+    return _decode(raw, max_depth)
+
+
+def _decode(raw: bytes, max_depth: int) -> Any:
     try:
         return _DECODER.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
@@ -137,6 +146,55 @@ def parse_json_body(raw: bytes, *, max_depth: int) -> Any:
         else:
             why = "is not valid JSON"
         raise ApiError(400, f"The request body {why}{_where(text, raw)}", code="structure") from None
+
+
+class _HookEnvelope(msgspec.Struct):
+    """The members of a CDS Hooks request; ``prefetch`` is kept as JSON text (see parse_hook_body)."""
+
+    hook: Any = msgspec.UNSET
+    hookInstance: Any = msgspec.UNSET
+    fhirServer: Any = msgspec.UNSET
+    fhirAuthorization: Any = msgspec.UNSET
+    context: Any = msgspec.UNSET
+    prefetch: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    extension: Any = msgspec.UNSET
+
+
+_ENVELOPE = msgspec.json.Decoder(_HookEnvelope)
+_PREFETCH = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ENVELOPE_FIELDS = msgspec.structs.fields(_HookEnvelope)
+
+
+def parse_hook_body(raw: bytes, *, max_depth: int) -> Any:
+    """A hook call's body, like ``parse_json_body``, except that each prefetch value stays JSON text.
+
+    ``prefetch`` (when it is an object) maps each key to a ``msgspec.Raw``: the patient-data stage
+    decodes the Bundles itself, and the resources in them are decoded once, by the facts stage,
+    straight into the views of what the rules read (``patient_data.record.RawResource``) instead of
+    into a tree of dicts first. The text is still checked whole here: UTF-8 (a C-speed decode),
+    nesting, and JSON syntax (msgspec walks every skipped value). Other members are parsed as
+    usual; unknown top-level members are dropped (the request schema ignores them anyway). A body
+    that is not an object, or not valid JSON, takes ``parse_json_body``'s path and answers.
+    """
+    _check_text(raw, max_depth)
+    if not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return _decode(raw, max_depth)  # raises the 400 naming the position
+    try:
+        envelope = _ENVELOPE.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return _decode(raw, max_depth)  # not an object, or not JSON: the generic answer
+    body = {f.name: getattr(envelope, f.name) for f in _ENVELOPE_FIELDS
+            if getattr(envelope, f.name) is not msgspec.UNSET}
+    prefetch = body.get("prefetch")
+    if prefetch is not None:
+        try:
+            body["prefetch"] = _PREFETCH.decode(prefetch)
+        except msgspec.ValidationError:  # not an object (or null): the request schema says why
+            body["prefetch"] = _DECODER.decode(prefetch)
+    return body
 
 
 def _where(message: str, raw: bytes) -> str:

@@ -22,7 +22,7 @@ from cds_service.api.ratelimit import RateLimitExceeded, rate_limited
 from cds_service.auth import ANONYMOUS, AuthenticationError
 from cds_service.codesystems import OVERRIDE_REASON
 from cds_service.errors import ApiError
-from cds_service.json_body import check_content_type, parse_json_body, read_body
+from cds_service.json_body import check_content_type, parse_hook_body, parse_json_body, read_body
 from cds_service.patient_data.gather import gather_record
 from cds_service.schemas.feedback import FeedbackRequestSchema
 from cds_service.schemas.request import CONTEXT_SCHEMAS, HookRequestSchema, flatten_errors
@@ -137,7 +137,7 @@ def discovery():
 def call_service(service_id: str):
     service = _service(service_id)
     g.log["service"] = service.id
-    body = _json_body()
+    body = _json_body(parse_hook_body)  # prefetch values stay JSON text for the patient-data stage
     data = _validate_request(body, service)
     c = components()
     g.fhir = stats = metrics.FhirStats(record=c.settings.metrics == "on")
@@ -318,10 +318,10 @@ def _service(service_id: str) -> ServiceDefinition:
     return service
 
 
-def _json_body() -> Any:
+def _json_body(parse=parse_json_body) -> Any:
     check_content_type(request.mimetype, request.mimetype_params)
     settings = components().settings
-    return parse_json_body(read_body(request, settings.max_body), max_depth=settings.max_json_depth)
+    return parse(read_body(request, settings.max_body), max_depth=settings.max_json_depth)
 
 
 def _validate_request(body: Any, service: ServiceDefinition) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """The reading layer: each candidate resource decoded once into a typed view of what the rules read.
 
-Records arrive as plain JSON (``dict``; see ``cds_service.patient_data.record``). The facts stage
+Records arrive as JSON: parsed (``dict``) or, for the MedicationRequests and Procedures of prefetch
+Bundles, still as text (``RawResource``; see ``cds_service.patient_data.record``), which
+``decode_view`` decodes straight into the view — the one decode such a resource gets. The facts stage
 first picks the *candidates* with a cheap look at their codes (a Condition with a PTSD code, a
 MedicationRequest of a drug of interest, a trauma-focused Procedure); only those are decoded, with
 ``read_view``, into the ``msgspec`` views of ``cds_service.facts.views``:
@@ -31,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import msgspec
 
 from cds_service.facts.views import Concept
+from cds_service.patient_data.record import RawResource
 
 Resource = dict[str, Any]
 T = TypeVar("T")
@@ -131,11 +134,31 @@ def _convert(raw: dict[str, Any], view: type[V]) -> tuple[V, bool]:
         return _element_wise(raw, view), False
 
 
+@lru_cache(maxsize=None)
+def _decoder(view: type[V]) -> msgspec.json.Decoder:
+    return msgspec.json.Decoder(view)
+
+
+def decode_view(resource: RawResource, view: type[V]) -> V | None:
+    """The view of a resource kept as JSON text, decoded straight from the text (one C pass, no
+    intermediate objects), or None when a read element is malformed (then read ``resource.json()``
+    element by element, with ``read_view``)."""
+    try:
+        return _decoder(view).decode(resource.raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
 def read_view(raw: Any, view: type[V]) -> tuple[V, bool]:
     """``(view, complete)`` of one JSON object; ``complete`` is False when an element was left out.
 
     Raises Malformed only when ``raw`` is not a JSON object.
     """
+    if isinstance(raw, RawResource):
+        decoded = decode_view(raw, view)
+        if decoded is not None:
+            return decoded, True
+        raw = raw.json()
     if not isinstance(raw, dict):
         raise Malformed("not an object")
     return _convert(raw, view)
@@ -211,6 +234,15 @@ def raw_concept(concept: Any) -> tuple[list[tuple[str, str, str | None]], list[s
             codes.append((system, code, display))
         if display:
             texts.append(display[:MAX_MATCH_TEXT])
+    return codes, texts
+
+
+def view_concept(concept: Concept | None) -> tuple[list[tuple[str, str, str | None]], list[str]]:
+    """``raw_concept`` of a concept already decoded into its view (every string in it non-empty)."""
+    if concept is None:
+        return [], []
+    codes = [(c.system, c.code, c.display) for c in concept.coding if c.system is not None and c.code is not None]
+    texts = [t[:MAX_MATCH_TEXT] for t in concept_texts(concept)]
     return codes, texts
 
 

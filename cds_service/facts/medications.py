@@ -80,15 +80,15 @@ import msgspec
 
 from cds_service.facts.dosing import daily_dose, dose_per_administration
 from cds_service.facts.fhir_read import (
-    MAX_MATCH_TEXT, Malformed, Resource, SkipCounter, concept_label, concept_texts, raw_concept, read_each,
-    read_view, reference_of, strict_problems, to_date,
+    MAX_MATCH_TEXT, Malformed, Resource, SkipCounter, concept_label, concept_texts, decode_view, raw_concept,
+    read_each, read_view, reference_of, strict_problems, to_date, view_concept,
 )
 from cds_service.facts.model import ORDERS_BEING_PLACED, Code, ConditionFact, DrugFact, UncheckedOrder
 from cds_service.facts.terminology import INDICATION_KINDS, DrugMatch, Terminology, Thresholds
 from cds_service.facts.views import (
     Concept, Dosage, DosageDetail, MedicationRequestContextView, MedicationRequestView, MedicationView,
 )
-from cds_service.patient_data.record import relative_reference
+from cds_service.patient_data.record import RawResource, as_json, relative_reference
 
 MATCH_RANK = {"valueset": 0, "ingredient": 1, "code-map": 2, "name": 3}
 # The elements of a Dosage that make its dose (sequence only orders the steps).
@@ -203,6 +203,15 @@ def _identify_concept(encoded: bytes, term: Terminology) -> tuple[MedicationInfo
     a record with a thousand renewals of one drug identifies it once. Raises Malformed."""
     info = MedicationInfo()
     info.codes, info.names = raw_concept(msgspec.json.decode(encoded))
+    return info, classify(info, term)
+
+
+@lru_cache(maxsize=4096)
+def _identify_view(concept: Concept, term: Terminology) -> tuple[MedicationInfo, tuple[DrugMatch, Code | None] | None]:
+    """``_identify_concept`` of a medicationCodeableConcept already decoded into its view (the
+    frozen view is the key: a thousand renewals of one drug are identified once)."""
+    info = MedicationInfo()
+    info.codes, info.names = view_concept(concept)
     return info, classify(info, term)
 
 
@@ -532,20 +541,33 @@ def resolve_reasons(drugs: list[DrugFact], indications: list[ConditionFact]) -> 
 def read_medication_request(request: Any, medications: dict[str, Resource], term: Terminology,
                             ctx: OrderContext, skipped: SkipCounter) -> DrugFact | None:
     """A DrugFact for one MedicationRequest, or None when it is not a drug of interest. Raises Malformed."""
-    if not isinstance(request, dict):
-        raise Malformed("not an object")
-    if request.get("doNotPerform") is True:
-        return None  # an order NOT to give the drug: not a prescription of it
-    concept = request.get("medicationCodeableConcept")
-    if concept is not None:  # the usual shape: identified once per distinct concept (memoised)
-        info, classified = _identify_concept(msgspec.json.encode(concept), term)
+    view = decode_view(request, MedicationRequestView) if isinstance(request, RawResource) else None
+    if view is not None:  # kept as text and well formed: one typed decode, nothing else parsed
+        if view.doNotPerform is True:
+            return None
+        if view.medicationCodeableConcept is not None:
+            info, classified = _identify_view(view.medicationCodeableConcept, term)
+        else:
+            info = resolve_medication(request.json(), medications, skipped)
+            classified = classify(info, term)
+        complete = True
     else:
-        info = resolve_medication(request, medications, skipped)
-        classified = classify(info, term)
+        request = as_json(request)
+        if not isinstance(request, dict):
+            raise Malformed("not an object")
+        if request.get("doNotPerform") is True:
+            return None  # an order NOT to give the drug: not a prescription of it
+        concept = request.get("medicationCodeableConcept")
+        if concept is not None:  # the usual shape: identified once per distinct concept (memoised)
+            info, classified = _identify_concept(msgspec.json.encode(concept), term)
+        else:
+            info = resolve_medication(request, medications, skipped)
+            classified = classify(info, term)
     if classified is None:
         return None
+    if view is None:
+        view, complete = read_view(request, MedicationRequestView)
     match, code = classified
-    view, complete = read_view(request, MedicationRequestView)
     if not complete:
         skipped.skip("MedicationRequest (partly read)")
     status = view.status
@@ -564,7 +586,7 @@ def read_medication_request(request: Any, medications: dict[str, Resource], term
     # Why and how it is given matters for drafts and current orders only (the cards never look at a
     # past benzodiazepine's exemption): a long history is not read twice.
     read_context = match.drug_class == "benzodiazepine" and (ctx.is_draft or current)
-    benzo = (benzodiazepine_facts(request, match, info, forms, names, term, skipped, counted=not complete)
+    benzo = (benzodiazepine_facts(as_json(request), match, info, forms, names, term, skipped, counted=not complete)
              if read_context else BenzodiazepineFacts())
     return DrugFact(
         reference=reference_of("MedicationRequest", view.id), drug_class=match.drug_class,

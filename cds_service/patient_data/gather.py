@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
+
 from cds_service.errors import ApiError
 from cds_service.patient_data.fhir_client import Deadline, FhirClient, bundle_resources, next_link
 from cds_service.patient_data.outbound import (FhirAddressRefused, FhirFetchError, FhirServerRefused,
                                                OutboundPolicy)
 from cds_service.facts.model import NEVER_TAKEN_STATUSES, ORDERS_BEING_PLACED
-from cds_service.patient_data.record import PatientRecord, Resource, relative_reference
+from cds_service.patient_data.record import PatientRecord, RawResource, Resource, as_json, relative_reference
 from cds_service.services import PREFETCH_KEYS, PrefetchKey
 
 log = logging.getLogger("ptsd_cds.patient_data")
@@ -95,11 +97,13 @@ def gather_record(request_data: dict[str, Any], *, identity, settings, policy: O
     results: list[KeyResult] = []
     to_fetch: list[PrefetchKey] = []
     for key in PREFETCH_KEYS:
-        if key.key in prefetch and prefetch[key.key] is None:
+        value = _prefetch_value(prefetch.get(key.key))
+        if key.key in prefetch and value is None:
             results.append(KeyResult(key, []))  # null: the client has no such data
             continue
-        value = prefetch.get(key.key)
-        if isinstance(value, dict):
+        if isinstance(value, _BundleText):
+            results.append(_paged(key, value.resources(), next_link({"link": value.link}), get_client))
+        elif isinstance(value, dict):
             results.append(_from_prefetch(key, value, get_client))
         else:
             if key.key in prefetch:
@@ -126,28 +130,101 @@ def gather_record(request_data: dict[str, Any], *, identity, settings, policy: O
     return record
 
 
+# --- prefetch values kept as JSON text by the body parser (json_body.parse_hook_body) -----------
+_NULL = msgspec.Raw(b"null")
+
+
+class _Entry(msgspec.Struct):
+    resource: msgspec.Raw = _NULL  # (msgspec has no "Raw or None"; a missing resource reads as null)
+    search: Any = None
+
+
+class _BundleText(msgspec.Struct):
+    """A prefetch Bundle whose entries' resources are still JSON text."""
+
+    resourceType: Any = None
+    link: Any = None
+    entry: list[_Entry] | None = None
+
+    def resources(self) -> list[Any]:
+        """Like ``fhir_client.bundle_resources``: entries without a resource object (or with
+        ``search.mode`` "outcome") are left out."""
+        out = []
+        for entry in self.entry or ():
+            if isinstance(entry.search, dict) and entry.search.get("mode") == "outcome":
+                continue
+            resource = _resource(entry.resource)
+            if resource is not None:
+                out.append(resource)
+        return out
+
+
+class _Head(msgspec.Struct):
+    resourceType: Any = None
+    id: Any = None
+
+
+_BUNDLE_TEXT = msgspec.json.Decoder(_BundleText)
+_HEAD = msgspec.json.Decoder(_Head)
+# Read straight from their text by the facts stage (typed views): the bulk of a long record.
+_KEPT_AS_TEXT = frozenset({"MedicationRequest", "Procedure"})
+
+
+def _resource(raw: msgspec.Raw) -> Any:
+    """One Bundle entry's resource: a RawResource, or a parsed dict for the few resource types the
+    facts stage reads as JSON; None when it is not an object with a string ``resourceType``."""
+    try:
+        head = _HEAD.decode(raw)
+    except msgspec.ValidationError:
+        return None  # not a JSON object
+    if not isinstance(head.resourceType, str):
+        return None
+    resource = RawResource(head.resourceType, head.id if isinstance(head.id, str) else None, raw)
+    if head.resourceType in _KEPT_AS_TEXT or head.resourceType not in _BUCKETS_AND_SINGLES:
+        return resource  # other types are never parsed: nothing reads them
+    return resource.json()
+
+
+def _prefetch_value(value: Any) -> Any:
+    """A prefetch value as the loop above reads it: a ``_BundleText`` for a Bundle kept as text,
+    otherwise parsed JSON (None for null). Values already parsed are returned unchanged."""
+    if not isinstance(value, msgspec.Raw):
+        return value
+    try:
+        bundle = _BUNDLE_TEXT.decode(value)
+    except msgspec.ValidationError:  # not an object, or entries of an odd shape: parse it whole
+        bundle = None
+    if bundle is not None and bundle.resourceType == "Bundle":
+        return bundle
+    return RawResource("", None, value).json()
+
+
 def _from_prefetch(key: PrefetchKey, value: Resource, get_client) -> KeyResult:
     rtype = value.get("resourceType")
     if rtype == "OperationOutcome":
         return KeyResult(key, [], "the client reported an error for this prefetch key")
     if rtype != "Bundle":
         return KeyResult(key, [value])
-    resources = bundle_resources(value)
-    if next_link(value):
+    return _paged(key, bundle_resources(value), next_link(value), get_client)
+
+
+def _paged(key: PrefetchKey, resources: list[Any], next_url: str | None, get_client) -> KeyResult:
+    """A prefetch Bundle's resources, and those of its further pages (next link) from fhirServer."""
+    if next_url:
         fhir = get_client()
         if fhir is None:
             return KeyResult(key, resources, "the prefetch Bundle is paged (next link) and no fhirServer was given")
         try:
-            more = fhir.collect_pages(_only_next(value), pages_before=1)
+            more = fhir.collect_pages(_only_next(next_url), pages_before=1)
         except FhirFetchError as exc:
             return KeyResult(key, resources, f"paging the prefetch Bundle failed: {exc}")
         resources = resources + more.resources
     return KeyResult(key, resources)
 
 
-def _only_next(bundle: Resource) -> Resource:
+def _only_next(next_url: str) -> Resource:
     """A stand-in page that holds only the next link, so collect_pages fetches the rest."""
-    return {"resourceType": "Bundle", "link": [{"relation": "next", "url": next_link(bundle)}]}
+    return {"resourceType": "Bundle", "link": [{"relation": "next", "url": next_url}]}
 
 
 def _fetch_all(fhir: FhirClient, keys: list[PrefetchKey], context: dict[str, Any], settings) -> list[KeyResult]:
@@ -177,14 +254,17 @@ _BUCKETS = {
     "MedicationRequest": "medication_requests",
     "Procedure": "procedures",
 }
+_BUCKETS_AND_SINGLES = frozenset(_BUCKETS) | {"Patient", "Medication"}
 
 
-def _distribute(record: PatientRecord, resources: list[Resource]) -> None:
+def _distribute(record: PatientRecord, resources: list[Any]) -> None:
     """Put each resource where the facts stage looks for it (by resourceType), once per id."""
     seen: set[tuple[str, str]] = set()
     for resource in resources:
-        rtype = resource.get("resourceType")
-        rid = resource.get("id")
+        if isinstance(resource, RawResource):
+            rtype, rid = resource.resource_type, resource.id
+        else:
+            rtype, rid = resource.get("resourceType"), resource.get("id")
         if not isinstance(rtype, str):
             continue  # not a FHIR resource
         if not isinstance(rid, str):
@@ -232,7 +312,11 @@ def _orders_to_identify(record: PatientRecord, hook: str | None) -> list[Resourc
 
     drafts = record.selected_draft_orders() if hook == "order-select" else record.draft_orders
     drafts = [r for r in drafts if ordinary(r) and (status(r) is None or status(r) in ORDERS_BEING_PLACED)]
-    taken = [r for r in record.medication_requests if ordinary(r) and status(r) not in NEVER_TAKEN_STATUSES]
+    # An order kept as text is only parsed here when it may hold a medicationReference: without
+    # one there is nothing to fetch and nothing unidentified (see _unidentified).
+    orders = [as_json(r) for r in record.medication_requests
+              if not isinstance(r, RawResource) or r.may_contain("medicationReference")]
+    taken = [r for r in orders if ordinary(r) and status(r) not in NEVER_TAKEN_STATUSES]
     return taken + drafts
 
 

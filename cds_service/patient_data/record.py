@@ -1,9 +1,15 @@
 """The patient record handed from the patient-data stage to the clinical-facts stage.
 
 This is the contract between "patient data" (prefetch, else the client's FHIR server) and
-"clinical facts" (terminology). Everything here is plain FHIR R4 JSON (``dict``) exactly as the
-client sent it: nothing has been validated with ``fhir.resources`` yet. The facts stage validates
-only the resources its rules read, and skips (never fails on) a resource it cannot read.
+"clinical facts" (terminology). Everything here is FHIR R4 JSON exactly as the client sent it:
+nothing has been validated with ``fhir.resources`` yet. The facts stage reads only the elements its
+rules read, and skips (never fails on) a resource it cannot read.
+
+A resource is either a parsed JSON object (``dict``) or, for the MedicationRequests and Procedures
+of prefetch Bundles (the bulk of a long record), a ``RawResource``: its JSON text, not parsed yet,
+with its ``resourceType`` and ``id``. The facts stage decodes it straight into the typed view of
+the elements it reads (one pass, no intermediate objects); ``json()`` parses it whole for the rare
+readers that need more (a contained Medication, a malformed element read element by element).
 """
 
 from __future__ import annotations
@@ -11,7 +17,59 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import json
+import math
+
+import msgspec
+
 Resource = dict[str, Any]
+
+_JSON = msgspec.json.Decoder()
+
+
+def _finite_or_none(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+class RawResource:
+    """One resource as JSON text (a ``msgspec.Raw`` slice of the request body), parsed on demand.
+
+    ``resource_type`` is a string, ``id`` a string or None (a malformed id is None, as for dicts).
+    ``json()`` parses the whole resource once (then cached). ``may_contain(key)`` is a cheap
+    byte test: False means the member ``key`` is certainly absent (no escapes in the text).
+    """
+
+    __slots__ = ("resource_type", "id", "raw", "_json")
+
+    def __init__(self, resource_type: str, rid: str | None, raw: msgspec.Raw | bytes):
+        self.resource_type = resource_type
+        self.id = rid
+        self.raw = raw
+        self._json: Resource | None = None
+
+    def json(self) -> Resource:
+        if self._json is None:
+            try:
+                self._json = _JSON.decode(self.raw)
+            except msgspec.ValidationError:
+                # A number beyond float range (1e999) inside the resource: that element reads as
+                # absent (null); the rest of the resource is still read.
+                self._json = json.loads(memoryview(self.raw).tobytes(), parse_float=_finite_or_none,
+                                        parse_constant=lambda _: None)
+        return self._json
+
+    def may_contain(self, key: str) -> bool:
+        data = memoryview(self.raw).tobytes() if not isinstance(self.raw, bytes) else self.raw
+        return b"\\u" in data or f'"{key}"'.encode() in data
+
+    def __repr__(self) -> str:  # never the content (patient data)
+        return f"<RawResource {self.resource_type} {len(memoryview(self.raw))} bytes>"
+
+
+def as_json(resource: Any) -> Any:
+    """A record resource as parsed JSON (a ``RawResource`` is parsed; anything else unchanged)."""
+    return resource.json() if isinstance(resource, RawResource) else resource
 
 
 def relative_reference(reference: str) -> str:

@@ -1,0 +1,144 @@
+"""Prefetch resources read straight from their JSON text (issue #7 item 1: decode each resource once).
+
+A hook call's prefetch values are kept as text by the body parser (``json_body.parse_hook_body``);
+the MedicationRequests and Procedures of its Bundles reach the facts stage as ``RawResource`` and are
+decoded once, straight into their views. These tests hold that path to the parsed-JSON path it
+replaces: the same facts for every fixture and for every harmless malformation, the same safety
+cards through HTTP, and the same refusals of bad text.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from cds_service.config import REPO_ROOT
+from cds_service.facts import extract_facts
+from cds_service.json_body import parse_hook_body
+from cds_service.patient_data.gather import gather_record
+from cds_service.patient_data.outbound import OutboundPolicy
+from cds_service.patient_data.record import RawResource
+from tests.conftest import assert_outcome
+from tests.test_engine_table import TODAY
+from tests.test_reading_layer import HARMLESS, _mangle_concept
+
+REQUESTS = REPO_ROOT / "fixtures" / "requests"
+NAMES = sorted(p.stem for p in REQUESTS.glob("*.json"))
+BENZO_FIXTURE = "ptsd-benzo-therapy.patient-view"  # a current lorazepam order in the prefetch
+
+
+def _record(body_bytes: bytes, settings, *, as_text: bool):
+    body = parse_hook_body(body_bytes, max_depth=64) if as_text else json.loads(body_bytes)
+    return gather_record(body, identity=None, settings=settings, policy=OutboundPolicy(settings))
+
+
+def _facts(body_bytes: bytes, settings, *, as_text: bool):
+    record = _record(body_bytes, settings, as_text=as_text)
+    return extract_facts(record, today=TODAY, hook=json.loads(body_bytes)["hook"])
+
+
+def _fixture(name: str) -> dict:
+    return json.loads((REQUESTS / f"{name}.json").read_text())
+
+
+def _orders(body: dict) -> list[dict]:
+    return [e["resource"] for e in body["prefetch"]["medications"]["entry"]]
+
+
+def _without_uuids(value):
+    """Cards and suggestions get a new uuid per call; everything else must match."""
+    if isinstance(value, dict):
+        return {k: _without_uuids(v) for k, v in value.items() if k != "uuid"}
+    if isinstance(value, list):
+        return [_without_uuids(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_fixture_gives_the_same_facts_read_from_text_as_from_parsed_json(settings, name):
+    raw = (REQUESTS / f"{name}.json").read_bytes()
+    assert _facts(raw, settings, as_text=True) == _facts(raw, settings, as_text=False)
+
+
+def test_prefetch_orders_and_procedures_reach_the_facts_stage_as_text_and_are_decoded_once(settings):
+    raw = (REQUESTS / "ptsd-ssri-renewals.patient-view.json").read_bytes()
+    record = _record(raw, settings, as_text=True)
+    texts = [r for r in record.medication_requests + record.procedures if isinstance(r, RawResource)]
+    assert texts and len(texts) == len(record.medication_requests) + len(record.procedures)
+    facts = extract_facts(record, today=TODAY, hook="patient-view")
+    assert facts.drugs  # read...
+    assert all(r._json is None for r in texts)  # ...straight into views: never parsed into dicts
+
+
+@pytest.mark.parametrize("how", HARMLESS)
+def test_a_harmless_malformed_element_reads_the_same_from_text(settings, how):
+    body = _fixture(BENZO_FIXTURE)
+    for order in _orders(body):
+        _mangle_concept(order, "medicationCodeableConcept", how)
+    raw = json.dumps(body).encode()
+    text, parsed = _facts(raw, settings, as_text=True), _facts(raw, settings, as_text=False)
+    assert text == parsed
+    assert any(d.drug_class == "benzodiazepine" and d.is_current for d in text.drugs)
+
+
+@pytest.mark.parametrize("how", HARMLESS + ["dose out of float range"])
+def test_a_current_benzodiazepine_in_the_prefetch_keeps_its_card_whatever_harmless_element_is_malformed(
+        client, how):
+    body = _fixture(BENZO_FIXTURE)
+    for order in _orders(body):
+        if how == "dose out of float range":
+            order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = 1.5  # replaced below
+        else:
+            _mangle_concept(order, "medicationCodeableConcept", how)
+    text = json.dumps(body).replace('"value": 1.5', '"value": 1e999')
+    resp = client.post("/cds-services/ptsd-patient-view", data=text, content_type="application/json")
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    topics = [c["source"]["topic"]["code"] for c in resp.get_json()["cards"]]
+    assert "benzodiazepine-avoid" in topics
+
+
+def test_a_number_out_of_range_in_an_unread_element_changes_nothing(client):
+    body = _fixture(BENZO_FIXTURE)
+    before = client.post("/cds-services/ptsd-patient-view", json=body).get_json()["cards"]
+    for order in _orders(body):
+        order["note"] = [{"text": "x", "madeUpNumber": 1.5}]
+    text = json.dumps(body).replace('"madeUpNumber": 1.5', '"madeUpNumber": 1e999')
+    after = client.post("/cds-services/ptsd-patient-view", data=text, content_type="application/json")
+    assert after.status_code == 200
+    assert _without_uuids(after.get_json()["cards"]) == _without_uuids(before)
+
+
+@pytest.mark.spec("REQ-02")
+def test_invalid_utf8_inside_a_prefetch_resource_is_400(client):
+    text = json.dumps(_fixture(BENZO_FIXTURE)).encode().replace(b"lorazepam 1 MG Oral Tablet",
+                                                                b"loraz\xff\xfepam", 1)
+    resp = client.post("/cds-services/ptsd-patient-view", data=text, content_type="application/json")
+    assert "UTF-8" in assert_outcome(resp, 400)
+
+
+@pytest.mark.spec("REQ-02")
+@pytest.mark.parametrize("bad, says", [(r"\ud800", "surrogate"), ("NaN", "not valid JSON"),
+                                       ("[1, 2,]", "not valid JSON")])
+def test_bad_json_inside_a_prefetch_resource_is_400(client, bad, says):
+    body = _fixture(BENZO_FIXTURE)
+    _orders(body)[0]["note"] = [{"text": "PLACEHOLDER"}]
+    text = json.dumps(body).replace('"PLACEHOLDER"', f'"{bad}"' if bad.startswith("\\") else bad)
+    resp = client.post("/cds-services/ptsd-patient-view", data=text, content_type="application/json")
+    assert says in assert_outcome(resp, 400)
+
+
+def test_odd_prefetch_shapes_are_read_as_before(client, settings):
+    body = _fixture(BENZO_FIXTURE)
+    odd = copy.deepcopy(body)
+    odd["prefetch"]["medications"]["entry"].insert(0, "not an entry")  # an odd entry: parsed whole
+    odd["prefetch"]["procedures"]["entry"].append({"resource": None})
+    odd["prefetch"]["conditions"]["entry"].append({"resource": {"resourceType": 7}})
+    raw = json.dumps(odd).encode()
+    assert _facts(raw, settings, as_text=True) == _facts(raw, settings, as_text=False)
+    resp = client.post("/cds-services/ptsd-patient-view", data=raw, content_type="application/json")
+    assert "benzodiazepine-avoid" in [c["source"]["topic"]["code"] for c in resp.get_json()["cards"]]
+    not_object = copy.deepcopy(body)
+    not_object["prefetch"] = ["a", "list"]
+    assert "prefetch" in assert_outcome(client.post("/cds-services/ptsd-patient-view", json=not_object), 400)
