@@ -156,12 +156,11 @@ class _HookEnvelope(msgspec.Struct):
     fhirServer: Any = msgspec.UNSET
     fhirAuthorization: Any = msgspec.UNSET
     context: Any = msgspec.UNSET
-    prefetch: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    prefetch: dict[str, msgspec.Raw] | None | msgspec.UnsetType = msgspec.UNSET
     extension: Any = msgspec.UNSET
 
 
 _ENVELOPE = msgspec.json.Decoder(_HookEnvelope)
-_PREFETCH = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ENVELOPE_FIELDS = msgspec.structs.fields(_HookEnvelope)
 
 
@@ -185,16 +184,11 @@ def parse_hook_body(raw: bytes, *, max_depth: int) -> Any:
     try:
         envelope = _ENVELOPE.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return _decode(raw, max_depth)  # not an object, or not JSON: the generic answer
-    body = {f.name: getattr(envelope, f.name) for f in _ENVELOPE_FIELDS
+        # Not JSON, not an object, or a prefetch that is not an object: the generic answer (the
+        # request schema names what is wrong).
+        return _decode(raw, max_depth)
+    return {f.name: getattr(envelope, f.name) for f in _ENVELOPE_FIELDS
             if getattr(envelope, f.name) is not msgspec.UNSET}
-    prefetch = body.get("prefetch")
-    if prefetch is not None:
-        try:
-            body["prefetch"] = _PREFETCH.decode(prefetch)
-        except msgspec.ValidationError:  # not an object (or null): the request schema says why
-            body["prefetch"] = _DECODER.decode(prefetch)
-    return body
 
 
 def _where(message: str, raw: bytes) -> str:

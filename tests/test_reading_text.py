@@ -142,3 +142,43 @@ def test_odd_prefetch_shapes_are_read_as_before(client, settings):
     not_object = copy.deepcopy(body)
     not_object["prefetch"] = ["a", "list"]
     assert "prefetch" in assert_outcome(client.post("/cds-services/ptsd-patient-view", json=not_object), 400)
+
+
+def _by_reference(body: dict, medication_id: str) -> dict:
+    """The fixture's lorazepam orders naming their drug by medicationReference instead of a code."""
+    for order in _orders(body):
+        del order["medicationCodeableConcept"]
+        order["medicationReference"] = {"reference": f"Medication/{medication_id}"}
+    return body
+
+
+def test_an_order_kept_as_text_that_references_its_drug_is_resolved_from_the_prefetch(client):
+    body = _by_reference(_fixture(BENZO_FIXTURE), "lz")
+    body["prefetch"]["medications"]["entry"].append({"resource": {
+        "resourceType": "Medication", "id": "lz", "code": {"coding": [
+            {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "197901",
+             "display": "lorazepam 1 MG Oral Tablet"}]}}})
+    resp = client.post("/cds-services/ptsd-patient-view", json=body)
+    assert "benzodiazepine-avoid" in [c["source"]["topic"]["code"] for c in resp.get_json()["cards"]]
+
+
+def test_an_order_kept_as_text_whose_referenced_drug_is_missing_makes_the_data_incomplete(client):
+    body = _by_reference(_fixture(BENZO_FIXTURE), "nowhere")
+    assert "cannot be identified" in assert_outcome(client.post("/cds-services/ptsd-patient-view", json=body), 412)
+
+
+@pytest.mark.parametrize("how", HARMLESS + ["no clinical status", "abated, no status"])
+def test_a_ptsd_condition_kept_as_text_reads_the_same_whatever_harmless_element_is_malformed(settings, how):
+    body = _fixture(BENZO_FIXTURE)
+    condition = body["prefetch"]["conditions"]["entry"][0]["resource"]
+    if how == "no clinical status":
+        del condition["clinicalStatus"]
+    elif how == "abated, no status":
+        del condition["clinicalStatus"]
+        condition["abatementDateTime"] = "2026-01-01"
+    else:
+        _mangle_concept(condition, "code", how)
+    raw = json.dumps(body).encode()
+    text, parsed = _facts(raw, settings, as_text=True), _facts(raw, settings, as_text=False)
+    assert text == parsed
+    assert bool(text.ptsd) is (how != "abated, no status")

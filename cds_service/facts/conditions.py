@@ -41,8 +41,9 @@ from typing import Any, Iterable
 
 from cds_service.facts.fhir_read import (
     Malformed, Resource, SkipCounter, concept_text, concept_texts, first_code, raw_concept, read_each,
-    read_view, reference_of, to_date,
+    read_view, reference_of, to_date, decode_view, view_concept,
 )
+from cds_service.patient_data.record import RawResource, as_json
 from cds_service.facts.model import Code, ConditionFact
 from cds_service.facts.terminology import Terminology
 from cds_service.facts.views import Concept, ConditionView
@@ -65,7 +66,7 @@ def abated(condition: Resource) -> bool:
                for key, value in condition.items())
 
 
-def activity(view: ConditionView, raw: Resource) -> str | None:
+def activity(view: ConditionView, raw: Any) -> str | None:
     """"active", None (not active) or "unknown" (a status element present but unreadable).
 
     (FHIR R4 invariant con-4: an abated Condition's clinical status is inactive, resolved or
@@ -74,6 +75,7 @@ def activity(view: ConditionView, raw: Resource) -> str | None:
     verification = _status_code(view.verificationStatus)
     if verification in EXCLUDED_VERIFICATION:
         return None
+    raw = as_json(raw) if clinical is None or verification is None else raw  # parsed only if needed
     if clinical is None and raw.get("clinicalStatus") is not None:
         return UNKNOWN  # recorded, but not in a readable form
     if clinical is not None and clinical not in ACTIVE_CLINICAL:
@@ -119,15 +121,21 @@ def _text_kind(texts: Iterable[str], term: Terminology) -> tuple[str, str] | Non
 
 def read_condition(condition: Any, term: Terminology, skipped: SkipCounter) -> list[ConditionFact]:
     """Facts for one Condition (empty when it does not match or is not active). Raises Malformed."""
-    if not isinstance(condition, dict):
-        raise Malformed("not an object")
-    codes, texts = raw_concept(condition.get("code"))
+    view = decode_view(condition, ConditionView) if isinstance(condition, RawResource) else None
+    if view is not None:  # kept as text and well formed: one typed decode
+        (codes, texts), complete = view_concept(view.code), True
+    else:
+        condition = as_json(condition)
+        if not isinstance(condition, dict):
+            raise Malformed("not an object")
+        codes, texts = raw_concept(condition.get("code"))
     by_text = None
     if not _kinds(codes, term):
         by_text = _text_kind(texts, term)
         if by_text is None:
             return []  # not a candidate: nothing else is read
-    view, complete = read_view(condition, ConditionView)
+    if view is None:
+        view, complete = read_view(condition, ConditionView)
     if not complete:
         skipped.skip("Condition (partly read)")
     if by_text is None:

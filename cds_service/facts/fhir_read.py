@@ -1,15 +1,17 @@
-"""The reading layer: each candidate resource decoded once into a typed view of what the rules read.
+"""The reading layer: each resource decoded once into a typed view of what the rules read.
 
-Records arrive as JSON: parsed (``dict``) or, for the MedicationRequests and Procedures of prefetch
-Bundles, still as text (``RawResource``; see ``cds_service.patient_data.record``), which
-``decode_view`` decodes straight into the view — the one decode such a resource gets. The facts stage
-first picks the *candidates* with a cheap look at their codes (a Condition with a PTSD code, a
-MedicationRequest of a drug of interest, a trauma-focused Procedure); only those are decoded, with
-``read_view``, into the ``msgspec`` views of ``cds_service.facts.views``:
+Records arrive as JSON: parsed (``dict``) or, for the Conditions, MedicationRequests and Procedures
+of prefetch Bundles, still as text (``RawResource``; see ``cds_service.patient_data.record``).
 
-* **fast path** — ``msgspec.convert`` checks every read element's type and format in one C pass
+* **text** — ``decode_view`` decodes the resource straight from its text into its view (msgspec,
+  one C pass: every read element's type and format checked, everything else skipped, no
+  intermediate objects); the candidate check (a Condition with a PTSD code, a drug of interest, a
+  trauma-focused Procedure) then reads the view. That is the one decode such a resource gets.
+* **parsed JSON** (drafts, FHIR server answers, records built in tests) — the candidates are picked
+  with a cheap look at their codes (``raw_concept``); only those are converted, with ``read_view``:
+  **fast path** — ``msgspec.convert`` checks every read element's type and format in one C pass
   (a few microseconds) and ignores everything else;
-* **element by element** — when a read element is malformed, the view is built again field by
+  **element by element** — when a read element is malformed (in text or parsed JSON), the view is built again field by
   field: each element that converts is kept, a malformed one is left out (absent), nested
   elements and list items degrade the same way. So an empty ``display``, a second malformed
   coding or an odd dose shape never hides a benzodiazepine order or a PTSD diagnosis: only the

@@ -162,12 +162,13 @@ class _BundleText(msgspec.Struct):
 class _Head(msgspec.Struct):
     resourceType: Any = None
     id: Any = None
+    medicationReference: msgspec.Raw = _NULL  # only whether it is there (_orders_to_identify)
 
 
 _BUNDLE_TEXT = msgspec.json.Decoder(_BundleText)
 _HEAD = msgspec.json.Decoder(_Head)
 # Read straight from their text by the facts stage (typed views): the bulk of a long record.
-_KEPT_AS_TEXT = frozenset({"MedicationRequest", "Procedure"})
+_KEPT_AS_TEXT = frozenset({"Condition", "MedicationRequest", "Procedure"})
 
 
 def _resource(raw: msgspec.Raw) -> Any:
@@ -179,7 +180,8 @@ def _resource(raw: msgspec.Raw) -> Any:
         return None  # not a JSON object
     if not isinstance(head.resourceType, str):
         return None
-    resource = RawResource(head.resourceType, head.id if isinstance(head.id, str) else None, raw)
+    resource = RawResource(head.resourceType, head.id if isinstance(head.id, str) else None, raw,
+                           references_medication=head.medicationReference is not _NULL)
     if head.resourceType in _KEPT_AS_TEXT or head.resourceType not in _BUCKETS_AND_SINGLES:
         return resource  # other types are never parsed: nothing reads them
     return resource.json()
@@ -315,7 +317,7 @@ def _orders_to_identify(record: PatientRecord, hook: str | None) -> list[Resourc
     # An order kept as text is only parsed here when it may hold a medicationReference: without
     # one there is nothing to fetch and nothing unidentified (see _unidentified).
     orders = [as_json(r) for r in record.medication_requests
-              if not isinstance(r, RawResource) or r.may_contain("medicationReference")]
+              if not isinstance(r, RawResource) or r.references_medication]
     taken = [r for r in orders if ordinary(r) and status(r) not in NEVER_TAKEN_STATUSES]
     return taken + drafts
 

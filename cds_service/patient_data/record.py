@@ -5,8 +5,8 @@ This is the contract between "patient data" (prefetch, else the client's FHIR se
 nothing has been validated with ``fhir.resources`` yet. The facts stage reads only the elements its
 rules read, and skips (never fails on) a resource it cannot read.
 
-A resource is either a parsed JSON object (``dict``) or, for the MedicationRequests and Procedures
-of prefetch Bundles (the bulk of a long record), a ``RawResource``: its JSON text, not parsed yet,
+A resource is either a parsed JSON object (``dict``) or, for the Conditions, MedicationRequests and
+Procedures of prefetch Bundles (the bulk of a long record), a ``RawResource``: its JSON text, not parsed yet,
 with its ``resourceType`` and ``id``. The facts stage decodes it straight into the typed view of
 the elements it reads (one pass, no intermediate objects); ``json()`` parses it whole for the rare
 readers that need more (a contained Medication, a malformed element read element by element).
@@ -36,16 +36,18 @@ class RawResource:
     """One resource as JSON text (a ``msgspec.Raw`` slice of the request body), parsed on demand.
 
     ``resource_type`` is a string, ``id`` a string or None (a malformed id is None, as for dicts).
-    ``json()`` parses the whole resource once (then cached). ``may_contain(key)`` is a cheap
-    byte test: False means the member ``key`` is certainly absent (no escapes in the text).
+    ``json()`` parses the whole resource once (then cached). ``references_medication``: the
+    resource has a ``medicationReference`` member (read with its type and id).
     """
 
-    __slots__ = ("resource_type", "id", "raw", "_json")
+    __slots__ = ("resource_type", "id", "raw", "references_medication", "_json")
 
-    def __init__(self, resource_type: str, rid: str | None, raw: msgspec.Raw | bytes):
+    def __init__(self, resource_type: str, rid: str | None, raw: msgspec.Raw | bytes,
+                 references_medication: bool = False):
         self.resource_type = resource_type
         self.id = rid
         self.raw = raw
+        self.references_medication = references_medication
         self._json: Resource | None = None
 
     def json(self) -> Resource:
@@ -58,10 +60,6 @@ class RawResource:
                 self._json = json.loads(memoryview(self.raw).tobytes(), parse_float=_finite_or_none,
                                         parse_constant=lambda _: None)
         return self._json
-
-    def may_contain(self, key: str) -> bool:
-        data = memoryview(self.raw).tobytes() if not isinstance(self.raw, bytes) else self.raw
-        return b"\\u" in data or f'"{key}"'.encode() in data
 
     def __repr__(self) -> str:  # never the content (patient data)
         return f"<RawResource {self.resource_type} {len(memoryview(self.raw))} bytes>"
