@@ -45,35 +45,38 @@ _FEEDBACK = FeedbackRequestSchema()
 # every call gets its log line. Authentication applies to this blueprint's endpoints only.
 @bp.before_app_request
 def _authenticate() -> None:
-    g.started = time.perf_counter()
-    g.log = {}
-    g.identity = ANONYMOUS
-    g.request_id = logs.request_id(request.headers.get("X-Request-ID"))
-    if request.method == "OPTIONS" or request.blueprint != bp.name or request.endpoint == "cds.health":
+    # ``request`` and ``g`` are context-local proxies: each attribute through them costs a
+    # look-up, so each hook binds the objects once (the same objects, never a copy).
+    ctx, req = g._get_current_object(), request._get_current_object()
+    ctx.started = time.perf_counter()
+    ctx.log = {}
+    ctx.identity = ANONYMOUS
+    ctx.request_id = logs.request_id(req.headers.get("X-Request-ID"))
+    if req.method == "OPTIONS" or req.blueprint != bp.name or req.endpoint == "cds.health":
         return  # CORS preflights carry no credentials (SANDBOX.md); health checks are public
     c = components()
     if not c.settings.auth_required:
         return  # PTSD_CDS_AUTH=off: every caller is anonymous (nothing to work out per call)
     try:
-        g.identity = c.authenticator.authenticate(request.headers.get("Authorization"), _audience())
+        ctx.identity = c.authenticator.authenticate(req.headers.get("Authorization"), _audience(c, req))
     except AuthenticationError as exc:
         log.warning("authentication failed: %s", exc)  # the reason, for the operator (never the token)
-        g.log["auth_error"] = str(exc)[:300]  # also on the call's access line
+        ctx.log["auth_error"] = str(exc)[:300]  # also on the call's access line
         if c.settings.metrics == "on":
             metrics.observe_auth_failure(str(exc))
         raise ApiError(401, "Authentication failed", code="login",
                        headers={"WWW-Authenticate": 'Bearer realm="cds-services"'}) from None
 
 
-def _audience() -> str | list[str]:
+def _audience(c, req) -> str | list[str]:
     """The URL the client called, as it must appear in the JWT ``aud`` (JWT-06).
 
     Feedback: the spec does not say which URL a feedback token names (CHECKLIST FB-06); the
     sandbox signs the feedback URL itself, others may sign the service URL: both are accepted.
     """
-    public = components().settings.public_url
-    called = public.rstrip("/") + request.path if public else request.base_url
-    if request.endpoint == "cds.feedback":
+    public = c.settings.public_url
+    called = public.rstrip("/") + req.path if public else req.base_url
+    if req.endpoint == "cds.feedback":
         return [called, called.removesuffix("/feedback")]
     return called
 
@@ -84,41 +87,45 @@ _ENDPOINT_KIND = {"cds.call_service": "call", "cds.feedback": "feedback", "cds.d
 
 @bp.after_app_request
 def _access_log(resp):
-    seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    rid = g.get("request_id") or logs.request_id(None)
+    ctx, req = g._get_current_object(), request._get_current_object()
+    values = ctx.__dict__  # what this call set on ``g`` (absent when a hook before ours failed)
+    now = time.perf_counter()
+    seconds = now - values.get("started", now)
+    rid = values.get("request_id") or logs.request_id(None)
     resp.headers["X-Request-ID"] = rid
-    endpoint = request.endpoint or ""
+    endpoint = req.endpoint or ""
     kind = _ENDPOINT_KIND.get(endpoint) or ("ops" if endpoint.startswith("ops.") else "other")
-    log_fields = g.get("log", {})
-    c = components()
-    if c.settings.metrics == "on" and request.method != "OPTIONS":
-        metrics.observe_call(log_fields.get("service", "-"), kind, resp.status_code, seconds,
+    log_fields = values.get("log", {})
+    method = req.method
+    status = resp.status_code
+    if method != "OPTIONS" and components().settings.metrics == "on":
+        metrics.observe_call(log_fields.get("service", "-"), kind, status, seconds,
                              log_fields.get("card_kinds", ()))
     # Probes and scrapes (healthz, readyz, metrics) are not logged when they succeed.
-    if request.method != "OPTIONS" and not (kind == "ops" and resp.status_code < 400):
+    if method != "OPTIONS" and not (kind == "ops" and status < 400):
         fields: dict[str, Any] = {
             "request_id": rid,
-            "remote": request.remote_addr,
-            "method": request.method,
-            "path": request.path[:200],
-            "status": resp.status_code,
+            "remote": req.remote_addr,
+            "method": method,
+            "path": req.path[:200],
+            "status": status,
             "duration_ms": round(seconds * 1000, 2),
         }
         fields.update(log_fields)
-        fhir = g.get("fhir")
+        fhir = values.get("fhir")
         if fhir is not None and fhir.count:
             fields["fhir_queries"] = fhir.count
             fields["fhir_ms"] = round(fhir.seconds * 1000, 1)
             if fhir.errors:
                 fields["fhir_errors"] = fhir.errors
-        identity = g.get("identity", ANONYMOUS)
+        identity = values.get("identity", ANONYMOUS)
         if identity.iss:
             fields["client"] = identity.iss
-        if resp.status_code >= 400 and g.get("error_message"):
-            fields["error"] = g.error_message
-        if resp.status_code >= 500 and g.get("exception"):
-            fields["exception"] = g.exception
-        logs.access(logs.level_for(resp.status_code), **fields)
+        if status >= 400 and values.get("error_message"):
+            fields["error"] = values["error_message"]
+        if status >= 500 and values.get("exception"):
+            fields["exception"] = values["exception"]
+        logs.access(logs.level_for(status), **fields)
     return resp
 
 
@@ -135,36 +142,37 @@ def discovery():
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str):
+    ctx, req, c = g._get_current_object(), request._get_current_object(), components()
+    call_log = ctx.log
     service = _service(service_id)
-    g.log["service"] = service.id
-    body = _json_body(parse_hook_body)  # prefetch values stay JSON text for the patient-data stage
-    data = _validate_request(body, service)
-    c = components()
-    g.fhir = stats = metrics.FhirStats(record=c.settings.metrics == "on")
+    call_log["service"] = service.id
+    body = _json_body(req, c, parse_hook_body)  # prefetch values stay JSON text for the patient-data stage
+    data = _validate_request(body, service, call_log)
+    ctx.fhir = stats = metrics.FhirStats(record=c.settings.metrics == "on")
 
     def session_factory():
         session = c.outbound.new_session()
         session.ptsd_observer = stats  # FHIR request count, time and errors of this call
         return session
 
-    record = gather_record(data, identity=g.identity, settings=c.settings, policy=c.outbound,
+    record = gather_record(data, identity=ctx.identity, settings=c.settings, policy=c.outbound,
                            session_factory=session_factory)
     today = c.settings.today or date.today()
     # The catalogue page of each card kind, linked absolutely (PTSD_CDS_PUBLIC_URL, else the URL called).
-    base = c.settings.public_url or request.host_url
-    key = _patient_key(data, c)
+    base = c.settings.public_url or req.host_url
+    key = _patient_key(data, c, ctx.identity)
     outcome = c.engine.run(service.hook, record, today, catalogue_base=base,
-                           snoozed=(lambda: _snoozed_topics(key, c)) if key else None)
-    g.log["cards"] = len(outcome.cards)
+                           snoozed=(lambda: _snoozed_topics(key, c, call_log)) if key else None)
+    call_log["cards"] = len(outcome.cards)
     if outcome.snoozed:
-        g.log["snoozed"] = outcome.snoozed  # card kinds left out (topic codes only)
-    _record_issued(outcome.cards, service, key, c)
+        call_log["snoozed"] = outcome.snoozed  # card kinds left out (topic codes only)
+    _record_issued(outcome.cards, service, key, c, ctx)
     if outcome.cards:
-        g.log["card_kinds"] = [card["source"]["topic"]["code"] for card in outcome.cards]
+        call_log["card_kinds"] = [card["source"]["topic"]["code"] for card in outcome.cards]
     if outcome.skipped:
-        g.log["unreadable"] = outcome.skipped  # resource counts only, no patient data
+        call_log["unreadable"] = outcome.skipped  # resource counts only, no patient data
     if record.missing:
-        g.log["unavailable"] = record.missing
+        call_log["unavailable"] = record.missing
     return jsonify({"cards": outcome.cards})
 
 
@@ -172,7 +180,7 @@ def call_service(service_id: str):
 def feedback(service_id: str):
     service = _service(service_id)
     g.log["service"] = service.id
-    body = _json_body()
+    body = _json_body(request._get_current_object(), components())
     if not isinstance(body, dict):
         raise ApiError(400, "The feedback body must be a JSON object {\"feedback\": [...]}", code="structure")
     try:
@@ -205,46 +213,46 @@ def feedback(service_id: str):
 
 
 # --- helpers --------------------------------------------------------------------------------
-def _patient_key(data: dict[str, Any], c) -> str | None:
+def _patient_key(data: dict[str, Any], c, identity) -> str | None:
     """The keyed hash of this call's patient (issuer, FHIR server, patient id); None without an id
     or when it cannot be computed (the call goes on: nothing is recorded, nothing is snoozed)."""
     patient_id = (data.get("context") or {}).get("patientId")
     if not patient_id:
         return None
     try:
-        return patient_key(c.patient_key_secret, g.identity.iss, data.get("fhirServer"), patient_id)
+        return patient_key(c.patient_key_secret, identity.iss, data.get("fhirServer"), patient_id)
     except Exception as exc:  # noqa: BLE001 - a hash must never cost the clinician a card
         log.error("patient key failed: %s", type(exc).__name__)
         return None
 
 
-def _snoozed_topics(key: str, c) -> set[str]:
+def _snoozed_topics(key: str, c, call_log: dict[str, Any]) -> set[str]:
     """The card kinds snoozed for this patient now; best-effort: the store down shows every card."""
     try:
         return c.store.snoozed_topics(key, c.clock())
     except StoreUnavailable:
-        g.log["snooze_read"] = "skipped"
+        call_log["snooze_read"] = "skipped"
     except Exception as exc:  # noqa: BLE001 - a snooze must never cost the clinician a card
         log.error("snooze read failed: %s", type(exc).__name__)
-        g.log["snooze_read"] = "failed"
+        call_log["snooze_read"] = "failed"
     return set()
 
 
-def _record_issued(cards: list[dict[str, Any]], service: ServiceDefinition, key: str | None, c) -> None:
+def _record_issued(cards: list[dict[str, Any]], service: ServiceDefinition, key: str | None, c, ctx) -> None:
     """Record one IssuedCard per returned card (one INSERT); best-effort: never fails the call."""
     if not cards:
         return
     now = c.clock()
-    demo = bool(g.get("demo_client", False))
+    demo = bool(ctx.get("demo_client", False))
     try:
         issued = [IssuedCard(uuid=card["uuid"], topic=card["source"]["topic"]["code"], service_id=service.id,
                              hook=service.hook, patient_key=key, issued_at=now, demo=demo) for card in cards]
         c.store.record_issued_cards(issued)
     except StoreUnavailable:
-        g.log["issued_record"] = "skipped"  # the store is down: cards are served, the record is not kept
+        ctx.log["issued_record"] = "skipped"  # the store is down: cards are served, the record is not kept
     except Exception as exc:  # noqa: BLE001 - a record must never cost the clinician a card
         log.error("issued-card record failed: %s", type(exc).__name__)  # no card or patient content
-        g.log["issued_record"] = "failed"
+        ctx.log["issued_record"] = "failed"
 
 
 def _snooze_from_feedback(items: list[dict[str, Any]], service: ServiceDefinition, c) -> None:
@@ -318,22 +326,22 @@ def _service(service_id: str) -> ServiceDefinition:
     return service
 
 
-def _json_body(parse=parse_json_body) -> Any:
-    check_content_type(request.mimetype, request.mimetype_params)
-    settings = components().settings
-    return parse(read_body(request, settings.max_body), max_depth=settings.max_json_depth)
+def _json_body(req, c, parse=parse_json_body) -> Any:
+    check_content_type(req.mimetype, req.mimetype_params)
+    settings = c.settings
+    return parse(read_body(req, settings.max_body), max_depth=settings.max_json_depth)
 
 
-def _validate_request(body: Any, service: ServiceDefinition) -> dict[str, Any]:
+def _validate_request(body: Any, service: ServiceDefinition, call_log: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object (a CDS Hooks request)", code="structure")
     try:
         data = _HOOK_REQUEST.load(body)
     except ValidationError as exc:
-        _note_instance(body)
+        _note_instance(body, call_log)
         raise _invalid(exc.messages, "Invalid CDS Hooks request") from None
-    g.log["hook"] = data["hook"]
-    g.log["hookInstance"] = data["hookInstance"]
+    call_log["hook"] = data["hook"]
+    call_log["hookInstance"] = data["hookInstance"]
     if data["hook"] != service.hook:
         raise ApiError(400, f"Service '{service.id}' answers the '{service.hook}' hook, "
                             f"not '{data['hook'][:64]}'", expression=["hook"])
@@ -349,11 +357,11 @@ def _validate_request(body: Any, service: ServiceDefinition) -> dict[str, Any]:
 _LOGGABLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
-def _note_instance(body: dict[str, Any]) -> None:
+def _note_instance(body: dict[str, Any], call_log: dict[str, Any]) -> None:
     for key in ("hook", "hookInstance"):
         value = body.get(key)
         if isinstance(value, str) and _LOGGABLE_ID.match(value):
-            g.log[key] = value
+            call_log[key] = value
 
 
 def _invalid(messages: Any, title: str) -> ApiError:
