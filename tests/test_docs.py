@@ -50,6 +50,6 @@ def test_versions_agree():
     from cds_service import __version__
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert project["version"] == __version__ == "0.3.0"
+    assert project["version"] == __version__ == "0.4.0"
     assert project["license"] == "Apache-2.0"
     assert "Apache License" in (ROOT / "LICENSE").read_text(encoding="utf-8")[:200]
