@@ -36,7 +36,7 @@ def _record(body_bytes: bytes, settings, *, as_text: bool):
 
 def _facts(body_bytes: bytes, settings, *, as_text: bool):
     record = _record(body_bytes, settings, as_text=as_text)
-    return extract_facts(record, today=TODAY, hook=json.loads(body_bytes)["hook"])
+    return extract_facts(record, today=TODAY, hook=parse_hook_body(body_bytes, max_depth=64)["hook"])
 
 
 def _fixture(name: str) -> dict:
@@ -83,20 +83,83 @@ def test_a_harmless_malformed_element_reads_the_same_from_text(settings, how):
     assert any(d.drug_class == "benzodiazepine" and d.is_current for d in text.drugs)
 
 
-@pytest.mark.parametrize("how", HARMLESS + ["dose out of float range"])
+@pytest.mark.parametrize("how", HARMLESS)
 def test_a_current_benzodiazepine_in_the_prefetch_keeps_its_card_whatever_harmless_element_is_malformed(
         client, how):
     body = _fixture(BENZO_FIXTURE)
     for order in _orders(body):
-        if how == "dose out of float range":
-            order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = 1.5  # replaced below
-        else:
-            _mangle_concept(order, "medicationCodeableConcept", how)
-    text = json.dumps(body).replace('"value": 1.5', '"value": 1e999')
-    resp = client.post("/cds-services/ptsd-patient-view", data=text, content_type="application/json")
+        _mangle_concept(order, "medicationCodeableConcept", how)
+    resp = client.post("/cds-services/ptsd-patient-view", json=body)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert "benzodiazepine-avoid" in [c["source"]["topic"]["code"] for c in resp.get_json()["cards"]]
+
+
+# Numbers msgspec will not hold: beyond float range, or an int of more than 4,300 digits (Python's
+# limit). Inside a prefetch resource such a number is kept as its text: a malformed element.
+HUGE = ["1e999", "-1e999", "1" * 4301]
+PLACES = {  # where the number goes -> (resource picker, key path)
+    "unread element of the order": ("order", ("extension",)),
+    "the order's dose": ("order", ("dosageInstruction", 0, "doseAndRate", 0, "doseQuantity", "value")),
+    "the order's id": ("order", ("id",)),
+    "the order's medication code": ("order", ("medicationCodeableConcept", "coding", 0, "code")),
+    "the PTSD Condition's id": ("condition", ("id",)),
+    "the PTSD Condition's onset": ("condition", ("onsetDateTime",)),
+    "the Patient": ("patient", ("birthDate",)),
+    "a Bundle entry's search": ("entry", ("search",)),
+}
+
+
+def _put_huge(body: dict, place: str) -> None:
+    which, path = PLACES[place]
+    target = {"order": lambda: _orders(body)[0],
+              "condition": lambda: body["prefetch"]["conditions"]["entry"][0]["resource"],
+              "patient": lambda: body["prefetch"]["patient"],
+              "entry": lambda: body["prefetch"]["medications"]["entry"][0]}[which]()
+    *parents, last = path
+    for key in parents:
+        target = target[key]
+    target[last] = "@HUGE@"
+
+
+@pytest.mark.parametrize("number", HUGE, ids=["1e999", "-1e999", "4301 digits"])
+@pytest.mark.parametrize("place", PLACES)
+def test_a_number_beyond_range_inside_a_prefetch_resource_is_one_malformed_element(client, settings, place,
+                                                                                  number):
+    body = _fixture(BENZO_FIXTURE)
+    _put_huge(body, place)
+    raw = json.dumps(body).replace('"@HUGE@"', number).encode()
+    facts = _facts(raw, settings, as_text=True)  # never raises, never drops the resource
+    assert any(d.drug_class == "benzodiazepine" for d in facts.drugs) or place == "the order's medication code"
+    assert facts.ptsd or facts.ptsd_unknown_status
+    resp = client.post("/cds-services/ptsd-patient-view", data=raw, content_type="application/json")
     assert resp.status_code == 200, resp.get_data(as_text=True)
     topics = [c["source"]["topic"]["code"] for c in resp.get_json()["cards"]]
+    # The lorazepam order is still warned about (by its text when its code is the malformed element).
     assert "benzodiazepine-avoid" in topics
+
+
+@pytest.mark.parametrize("number", HUGE, ids=["1e999", "-1e999", "4301 digits"])
+def test_an_order_status_beyond_range_reads_like_any_malformed_status(settings, number):
+    body = _fixture(BENZO_FIXTURE)
+    _orders(body)[0]["status"] = "@HUGE@"
+    huge = _facts(json.dumps(body).replace('"@HUGE@"', number).encode(), settings, as_text=True)
+    _orders(body)[0]["status"] = 5
+    assert huge == _facts(json.dumps(body).encode(), settings, as_text=False)
+
+
+@pytest.mark.parametrize("status", ["clinicalStatus", "verificationStatus"])
+def test_a_ptsd_status_beyond_range_reads_as_unreadable_not_as_absent(settings, status):
+    body = _fixture(BENZO_FIXTURE)
+    body["prefetch"]["conditions"]["entry"][0]["resource"][status] = "@HUGE@"
+    raw = json.dumps(body).replace('"@HUGE@"', "1e999").encode()
+    facts = _facts(raw, settings, as_text=True)
+    assert not facts.ptsd and len(facts.ptsd_unknown_status) == 1  # the cautious reading
+
+
+def test_a_number_beyond_range_elsewhere_in_the_body_is_still_400(client):
+    text = json.dumps(_fixture(BENZO_FIXTURE)).replace('"context": {', '"context": {"x": 1e999, ', 1)
+    resp = client.post("/cds-services/ptsd-patient-view", data=text, content_type="application/json")
+    assert "out of range" in assert_outcome(resp, 400)
 
 
 def test_a_number_out_of_range_in_an_unread_element_changes_nothing(client):

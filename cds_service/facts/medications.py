@@ -197,6 +197,11 @@ def classify(info: MedicationInfo, term: Terminology) -> tuple[DrugMatch, Code |
     return None
 
 
+# The memo key of a parsed concept: its JSON (a number out of range in it, see
+# patient_data.record.OUT_OF_RANGE, is written as null: it is read by no view either).
+_CONCEPT_KEY = msgspec.json.Encoder(enc_hook=lambda _: None)
+
+
 @lru_cache(maxsize=4096)
 def _identify_concept(encoded: bytes, term: Terminology) -> tuple[MedicationInfo, tuple[DrugMatch, Code | None] | None]:
     """(what it names, the classification) of one medicationCodeableConcept, keyed by its JSON:
@@ -559,7 +564,7 @@ def read_medication_request(request: Any, medications: dict[str, Resource], term
             return None  # an order NOT to give the drug: not a prescription of it
         concept = request.get("medicationCodeableConcept")
         if concept is not None:  # the usual shape: identified once per distinct concept (memoised)
-            info, classified = _identify_concept(msgspec.json.encode(concept), term)
+            info, classified = _identify_concept(_CONCEPT_KEY.encode(concept), term)
         else:
             info = resolve_medication(request, medications, skipped)
             classified = classify(info, term)

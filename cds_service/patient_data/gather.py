@@ -30,7 +30,8 @@ from cds_service.patient_data.fhir_client import Deadline, FhirClient, bundle_re
 from cds_service.patient_data.outbound import (FhirAddressRefused, FhirFetchError, FhirServerRefused,
                                                OutboundPolicy)
 from cds_service.facts.model import NEVER_TAKEN_STATUSES, ORDERS_BEING_PLACED
-from cds_service.patient_data.record import PatientRecord, RawResource, Resource, as_json, relative_reference
+from cds_service.patient_data.record import (PatientRecord, RawResource, Resource, as_json, parse_tolerant,
+                                             relative_reference)
 from cds_service.services import PREFETCH_KEYS, PrefetchKey
 
 log = logging.getLogger("ptsd_cds.patient_data")
@@ -176,13 +177,16 @@ def _resource(raw: msgspec.Raw) -> Any:
     facts stage reads as JSON; None when it is not an object with a string ``resourceType``."""
     try:
         head = _HEAD.decode(raw)
-    except msgspec.ValidationError:
-        return None  # not a JSON object
-    if not isinstance(head.resourceType, str):
+        rtype, rid, references = head.resourceType, head.id, head.medicationReference is not _NULL
+    except msgspec.ValidationError:  # not an object, or a number msgspec will not hold in it
+        parsed = parse_tolerant(raw)
+        if not isinstance(parsed, dict):
+            return None
+        rtype, rid, references = parsed.get("resourceType"), parsed.get("id"), "medicationReference" in parsed
+    if not isinstance(rtype, str):
         return None
-    resource = RawResource(head.resourceType, head.id if isinstance(head.id, str) else None, raw,
-                           references_medication=head.medicationReference is not _NULL)
-    if head.resourceType in _KEPT_AS_TEXT or head.resourceType not in _BUCKETS_AND_SINGLES:
+    resource = RawResource(rtype, rid if isinstance(rid, str) else None, raw, references_medication=references)
+    if rtype in _KEPT_AS_TEXT or rtype not in _BUCKETS_AND_SINGLES:
         return resource  # other types are never parsed: nothing reads them
     return resource.json()
 
@@ -198,7 +202,7 @@ def _prefetch_value(value: Any) -> Any:
         bundle = None
     if bundle is not None and bundle.resourceType == "Bundle":
         return bundle
-    return RawResource("", None, value).json()
+    return parse_tolerant(value)
 
 
 def _from_prefetch(key: PrefetchKey, value: Resource, get_client) -> KeyResult:

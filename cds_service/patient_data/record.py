@@ -27,9 +27,42 @@ Resource = dict[str, Any]
 _JSON = msgspec.json.Decoder()
 
 
-def _finite_or_none(text: str) -> float | None:
+# Python's own limit on the digits of an int read from text (sys.get_int_max_str_digits default).
+_INT_DIGITS = 4300
+
+
+class _OutOfRange:
+    """Stands for a number msgspec will not hold: present, but of no type any view accepts."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<number out of range>"
+
+
+OUT_OF_RANGE = _OutOfRange()
+
+
+def _float(text: str) -> float | _OutOfRange:
     value = float(text)
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) else OUT_OF_RANGE
+
+
+def _int(text: str) -> int | _OutOfRange:
+    return int(text) if len(text.lstrip("-")) <= _INT_DIGITS else OUT_OF_RANGE
+
+
+def parse_tolerant(raw: msgspec.Raw | bytes) -> Any:
+    """JSON text already checked by ``json_body.parse_hook_body``, parsed. A number msgspec will not
+    hold (beyond float range such as 1e999, or an int of more than 4,300 digits) becomes
+    ``OUT_OF_RANGE``: a malformed element — present (a status that holds one is unreadable, not
+    absent) but read by no view (left out, element by element) — never a failed call, never a lost
+    resource."""
+    try:
+        return _JSON.decode(raw)
+    except msgspec.ValidationError:
+        return json.loads(memoryview(raw).tobytes(), parse_float=_float, parse_int=_int,
+                          parse_constant=lambda _: OUT_OF_RANGE)
 
 
 class RawResource:
@@ -52,13 +85,7 @@ class RawResource:
 
     def json(self) -> Resource:
         if self._json is None:
-            try:
-                self._json = _JSON.decode(self.raw)
-            except msgspec.ValidationError:
-                # A number beyond float range (1e999) inside the resource: that element reads as
-                # absent (null); the rest of the resource is still read.
-                self._json = json.loads(memoryview(self.raw).tobytes(), parse_float=_finite_or_none,
-                                        parse_constant=lambda _: None)
+            self._json = parse_tolerant(self.raw)
         return self._json
 
     def __repr__(self) -> str:  # never the content (patient data)
