@@ -13,6 +13,12 @@ For each prefetch key the service declared:
 Data that a rule needs and that cannot be had (no prefetch and no fhirServer, a failed query,
 an incomplete result) ends the call with HTTP 412 and an OperationOutcome naming what is missing
 and why (PF-16). Optional data (the Patient resource) that cannot be had is only noted.
+
+Prefetch values arrive as JSON text (``json_body.parse_hook_body``). A Bundle's entries are split
+here reading only each resource's ``resourceType``, ``id`` and whether it has a
+``medicationReference``; its Conditions, MedicationRequests and Procedures stay text
+(``record.RawResource``) for the facts stage to decode once into its views. Anything of an odd
+shape is parsed whole and takes the parsed-JSON path (``record.parse_tolerant``).
 """
 
 from __future__ import annotations
