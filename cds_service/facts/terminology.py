@@ -168,7 +168,7 @@ class Thresholds:  # noqa: PLR0902 - plain data
 
     def not_tolerated(self, reason: str | None) -> bool:
         """A statusReason text that says the drug was not tolerated (whole words)."""
-        return bool(reason) and _search(_cached_words(self.not_tolerated_words), reason[:MAX_TEXT])  # type: ignore[index]
+        return _search(_cached_words(self.not_tolerated_words), reason)
 
 
 # --- the terminology ------------------------------------------------------------------------------
@@ -402,24 +402,24 @@ class Terminology:
         return (system, normalise_code(system, code)) in self.exemptions.rescue_products
 
     def names_rescue_route(self, text: str | None) -> bool:
-        return bool(text) and _search(self.exemptions.rescue_route_regex, text[:MAX_TEXT])  # type: ignore[index]
+        return _search(self.exemptions.rescue_route_regex, text)
 
     def names_rescue_dose_form(self, text: str | None) -> bool:
-        return bool(text) and _search(self.exemptions.rescue_dose_form_regex, text[:MAX_TEXT])  # type: ignore[index]
+        return _search(self.exemptions.rescue_dose_form_regex, text)
 
     def exemptions_injection_route(self, text: str | None) -> bool:
         """A route text names injection (intravenous, IM, subcutaneous ...)."""
-        return bool(text) and _search(self.exemptions.injection_route_regex, text[:MAX_TEXT])  # type: ignore[index]
+        return _search(self.exemptions.injection_route_regex, text)
 
     def exemptions_injection_form(self, text: str | None) -> bool:
         """A drug name / form names an injection dose form."""
-        return bool(text) and _search(self.exemptions.injection_form_regex, text[:MAX_TEXT])  # type: ignore[index]
+        return _search(self.exemptions.injection_form_regex, text)
 
     def says_single_dose(self, text: str | None) -> bool:
-        return bool(text) and _search(self.exemptions.single_dose_regex, text[:MAX_TEXT])  # type: ignore[index]
+        return _search(self.exemptions.single_dose_regex, text)
 
     def says_pre_procedure(self, text: str | None) -> bool:
-        return bool(text) and _search(self.exemptions.pre_procedure_regex, text[:MAX_TEXT])  # type: ignore[index]
+        return _search(self.exemptions.pre_procedure_regex, text)
 
     def is_not_ptsd(self, system: str | None, code: str | None) -> bool:
         """True for the listed look-alikes (acute stress disorder ...)."""
@@ -436,11 +436,11 @@ class Terminology:
 
     def route_is_non_systemic(self, route_text: str | None) -> bool:
         """Dosage.route text says injection / rectal / nasal."""
-        return bool(route_text) and _search(self.base.route_regex, route_text[:MAX_TEXT])  # type: ignore[index]
+        return _search(self.base.route_regex, route_text)
 
     def dose_form_is_non_systemic(self, name: str | None) -> bool:
         """A drug name / form names an injection, rectal or nasal dose form."""
-        return bool(name) and _search(self.base.dose_form_regex, name[:MAX_TEXT])  # type: ignore[index]
+        return _search(self.base.dose_form_regex, name)
 
     # psychotherapy ------------------------------------------------------------------------------
     def therapy_by_code(self, system: str | None, code: str | None) -> tuple[TherapyKind, MatchedBy] | None:
@@ -502,8 +502,9 @@ def _drug_by_name(base: _Base, text: str) -> DrugMatch | None:
 
 
 @lru_cache(maxsize=8192)
-def _search(pattern: re.Pattern[str], text: str) -> bool:
-    return pattern.search(text) is not None
+def _search(pattern: re.Pattern[str], text: str | None) -> bool:
+    """Whether ``pattern`` occurs in a caller's text (cut to MAX_TEXT; no text: False)."""
+    return bool(text) and pattern.search(text[:MAX_TEXT]) is not None  # type: ignore[index]
 
 
 @lru_cache(maxsize=8192)
