@@ -41,9 +41,9 @@ from typing import Any, Iterable
 
 from cds_service.facts.fhir_read import (
     Malformed, Resource, SkipCounter, concept_text, concept_texts, first_code, raw_concept, read_each,
-    read_view, reference_of, to_date, decode_view, view_concept,
+    read_view, reference_of, to_date, view_concept, view_or_json,
 )
-from cds_service.patient_data.record import RawResource, as_json
+from cds_service.patient_data.record import as_json
 from cds_service.facts.model import Code, ConditionFact
 from cds_service.facts.terminology import Terminology
 from cds_service.facts.views import Concept, ConditionView
@@ -121,13 +121,10 @@ def _text_kind(texts: Iterable[str], term: Terminology) -> tuple[str, str] | Non
 
 def read_condition(condition: Any, term: Terminology, skipped: SkipCounter) -> list[ConditionFact]:
     """Facts for one Condition (empty when it does not match or is not active). Raises Malformed."""
-    view = decode_view(condition, ConditionView) if isinstance(condition, RawResource) else None
+    view, condition = view_or_json(condition, ConditionView)
     if view is not None:  # kept as text and well formed: one typed decode
         (codes, texts), complete = view_concept(view.code), True
     else:
-        condition = as_json(condition)
-        if not isinstance(condition, dict):
-            raise Malformed("not an object")
         codes, texts = raw_concept(condition.get("code"))
     by_text = None
     if not _kinds(codes, term):

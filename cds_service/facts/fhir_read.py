@@ -144,11 +144,25 @@ def _decoder(view: type[V]) -> msgspec.json.Decoder:
 def decode_view(resource: RawResource, view: type[V]) -> V | None:
     """The view of a resource kept as JSON text, decoded straight from the text (one C pass, no
     intermediate objects), or None when a read element is malformed (then read ``resource.json()``
-    element by element, with ``read_view``)."""
+    element by element, with ``read_view``; ``view_or_json`` does both)."""
     try:
         return _decoder(view).decode(resource.raw)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
+
+
+def view_or_json(resource: Any, view: type[V]) -> tuple[V | None, Any]:
+    """``(view, resource)`` for a resource kept as text whose read elements are well formed (its one
+    typed decode); otherwise ``(None, the resource as a parsed JSON object)``, to be looked at and,
+    if a candidate, read with ``read_view``. Raises Malformed when it is not a JSON object."""
+    if isinstance(resource, RawResource):
+        decoded = decode_view(resource, view)
+        if decoded is not None:
+            return decoded, resource
+        resource = resource.json()
+    if not isinstance(resource, dict):
+        raise Malformed("not an object")
+    return None, resource
 
 
 def read_view(raw: Any, view: type[V]) -> tuple[V, bool]:
@@ -156,11 +170,6 @@ def read_view(raw: Any, view: type[V]) -> tuple[V, bool]:
 
     Raises Malformed only when ``raw`` is not a JSON object.
     """
-    if isinstance(raw, RawResource):
-        decoded = decode_view(raw, view)
-        if decoded is not None:
-            return decoded, True
-        raw = raw.json()
     if not isinstance(raw, dict):
         raise Malformed("not an object")
     return _convert(raw, view)

@@ -80,15 +80,15 @@ import msgspec
 
 from cds_service.facts.dosing import daily_dose, dose_per_administration
 from cds_service.facts.fhir_read import (
-    MAX_MATCH_TEXT, Malformed, Resource, SkipCounter, concept_label, concept_texts, decode_view, raw_concept,
-    read_each, read_view, reference_of, strict_problems, to_date, view_concept,
+    MAX_MATCH_TEXT, Malformed, Resource, SkipCounter, concept_label, concept_texts, raw_concept, read_each,
+    read_view, reference_of, strict_problems, to_date, view_concept, view_or_json,
 )
 from cds_service.facts.model import ORDERS_BEING_PLACED, Code, ConditionFact, DrugFact, UncheckedOrder
 from cds_service.facts.terminology import INDICATION_KINDS, DrugMatch, Terminology, Thresholds
 from cds_service.facts.views import (
     Concept, Dosage, DosageDetail, MedicationRequestContextView, MedicationRequestView, MedicationView,
 )
-from cds_service.patient_data.record import RawResource, as_json, relative_reference
+from cds_service.patient_data.record import as_json, relative_reference
 
 MATCH_RANK = {"valueset": 0, "ingredient": 1, "code-map": 2, "name": 3}
 # The elements of a Dosage that make its dose (sequence only orders the steps).
@@ -546,7 +546,7 @@ def resolve_reasons(drugs: list[DrugFact], indications: list[ConditionFact]) -> 
 def read_medication_request(request: Any, medications: dict[str, Resource], term: Terminology,
                             ctx: OrderContext, skipped: SkipCounter) -> DrugFact | None:
     """A DrugFact for one MedicationRequest, or None when it is not a drug of interest. Raises Malformed."""
-    view = decode_view(request, MedicationRequestView) if isinstance(request, RawResource) else None
+    view, request = view_or_json(request, MedicationRequestView)
     if view is not None:  # kept as text and well formed: one typed decode, nothing else parsed
         if view.doNotPerform is True:
             return None
@@ -557,9 +557,6 @@ def read_medication_request(request: Any, medications: dict[str, Resource], term
             classified = classify(info, term)
         complete = True
     else:
-        request = as_json(request)
-        if not isinstance(request, dict):
-            raise Malformed("not an object")
         if request.get("doNotPerform") is True:
             return None  # an order NOT to give the drug: not a prescription of it
         concept = request.get("medicationCodeableConcept")

@@ -45,15 +45,15 @@ from functools import lru_cache
 from typing import Any, Iterable
 
 from cds_service.facts.fhir_read import (
-    Malformed, Resource, SkipCounter, concept_label, decode_view, raw_concept, read_each, read_view, reference_of,
-    to_date, view_concept,
+    Malformed, Resource, SkipCounter, concept_label, raw_concept, read_each, read_view, reference_of, to_date,
+    view_concept, view_or_json,
 )
 from cds_service.facts.model import (
     NIGHTMARE_THERAPY, Code, DeclinedTherapy, MatchedBy, TherapyCourse, TherapyKind, TherapySession,
 )
 from cds_service.facts.terminology import SNOMED, Terminology, _read, canonical_system, normalise_code
 from cds_service.facts.views import ProcedureView
-from cds_service.patient_data.record import RawResource, as_json
+from cds_service.patient_data.record import as_json
 
 
 @dataclass(frozen=True)
@@ -112,13 +112,10 @@ def _performed(view: ProcedureView) -> date | None:
 
 def read_procedure(procedure: Any, term: Terminology, skipped: SkipCounter) -> TherapySession | DeclinedTherapy | None:
     """A session or a declined psychotherapy for one Procedure, or None. Raises Malformed."""
-    view = decode_view(procedure, ProcedureView) if isinstance(procedure, RawResource) else None
+    view, procedure = view_or_json(procedure, ProcedureView)
     if view is not None:  # kept as text and well formed: one typed decode
         status, (codes, texts), complete = view.status, view_concept(view.code), True
     else:
-        procedure = as_json(procedure)
-        if not isinstance(procedure, dict):
-            raise Malformed("not an object")
         status = procedure.get("status")
     if status == "not-done":
         return _read_declined(as_json(procedure), term, skipped)

@@ -181,6 +181,7 @@ _KEPT_AS_TEXT = frozenset({"Condition", "MedicationRequest", "Procedure"})
 def _resource(raw: msgspec.Raw) -> Any:
     """One Bundle entry's resource: a RawResource, or a parsed dict for the few resource types the
     facts stage reads as JSON; None when it is not an object with a string ``resourceType``."""
+    parsed = None
     try:
         head = _HEAD.decode(raw)
         rtype, rid, references = head.resourceType, head.id, head.medicationReference is not _NULL
@@ -191,10 +192,10 @@ def _resource(raw: msgspec.Raw) -> Any:
         rtype, rid, references = parsed.get("resourceType"), parsed.get("id"), "medicationReference" in parsed
     if not isinstance(rtype, str):
         return None
-    resource = RawResource(rtype, rid if isinstance(rid, str) else None, raw, references_medication=references)
-    if rtype in _KEPT_AS_TEXT or rtype not in _BUCKETS_AND_SINGLES:
-        return resource  # other types are never parsed: nothing reads them
-    return resource.json()
+    if rtype in _KEPT_AS_TEXT or rtype not in _BUCKETS_AND_SINGLES:  # other types: nothing reads them
+        return RawResource(rtype, rid if isinstance(rid, str) else None, raw, references_medication=references,
+                           parsed=parsed)
+    return parse_tolerant(raw) if parsed is None else parsed
 
 
 def _prefetch_value(value: Any) -> Any:

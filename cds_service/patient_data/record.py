@@ -14,11 +14,10 @@ readers that need more (a contained Medication, a malformed element read element
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import json
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -76,12 +75,12 @@ class RawResource:
     __slots__ = ("resource_type", "id", "raw", "references_medication", "_json")
 
     def __init__(self, resource_type: str, rid: str | None, raw: msgspec.Raw | bytes,
-                 references_medication: bool = False):
+                 references_medication: bool = False, parsed: Resource | None = None):
         self.resource_type = resource_type
         self.id = rid
         self.raw = raw
         self.references_medication = references_medication
-        self._json: Resource | None = None
+        self._json = parsed  # when the text was already parsed (it is not parsed twice)
 
     def json(self) -> Resource:
         if self._json is None:
