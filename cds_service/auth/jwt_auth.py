@@ -234,8 +234,9 @@ def _peek(token: str) -> dict[str, Any] | None:
     trusted: PyJWT verifies the signature and the claims afterwards from the token itself.
 
     Why not only PyJWT: its unverified read checks every character of each segment in a Python
-    generator; with the verified read after it, six segment decodes per call cost ~0.14 ms of
-    the ~0.3 ms the whole read of a token took (docs/PERFORMANCE.md)."""
+    generator, and the verified read after it does the same again: the unverified read measured
+    33 µs this way against 10.5 µs with ``_peek`` (timeit; cProfile overstated it about tenfold;
+    docs/PERFORMANCE.md, "Fixed cost per call")."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
